@@ -1,0 +1,1 @@
+"""A YOLOv2-style object detector trained with TensorFlow 2 / Keras 3."""

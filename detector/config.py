@@ -1,0 +1,359 @@
+"""Typed experiment configuration: nested dataclasses, YAML loading, overrides, validation.
+
+A config is one `Config` holding one dataclass per section. `load_config` starts from the
+dataclass defaults, merges a YAML file, applies `section.key=value` overrides, then checks
+every value's type (driven by the field annotations) and range. Errors are `ValueError`s
+naming the dotted key and the offending value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import UnionType
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+# Darknet's published YOLOv2 anchors (yolov2-voc.cfg, yolov2.cfg), (w, h) in 13x13 grid cells.
+PUBLISHED_ANCHORS: dict[str, tuple[tuple[float, float], ...]] = {
+    "voc": ((1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (9.47112, 4.84053),
+            (11.2364, 10.0071)),
+    "coco": ((0.57273, 0.677385), (1.87446, 2.06253), (3.33843, 5.47434), (7.88282, 3.52778),
+             (9.77052, 9.16828)),
+}  # fmt: skip
+
+
+@dataclass
+class ModelConfig:
+    """Network shape. `anchors`: [[w, h], ...] in grid cells, "auto" (k-means on the training
+    boxes at start, `num_anchors` clusters), or "voc"/"coco" (resolved to darknet's lists)."""
+
+    variant: str = "darknet19"
+    width: float = 1.0
+    input_size: int = 416
+    anchors: list[list[float]] | str = "auto"
+    num_anchors: int = 5
+
+
+@dataclass
+class DataConfig:
+    """Dataset spec path, batching and augmentation (fractions of image size / HSV range).
+    `workers` = -1 means tf.data AUTOTUNE; `multiscale` = [min, max] input sizes or [] = off."""
+
+    spec: str = "configs/data/synthetic.yaml"
+    batch_size: int = 16
+    workers: int = -1
+    max_boxes: int = 100
+    hflip: float = 0.5
+    scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    translate: float = 0.2
+    hue: float = 0.015
+    saturation: float = 0.7
+    value: float = 0.4
+    multiscale: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LossConfig:
+    """YOLOv2 region-loss scales; `warmup_images` = seen images of prior-matching warm-up."""
+
+    coord_scale: float = 1.0
+    object_scale: float = 5.0
+    noobject_scale: float = 1.0
+    class_scale: float = 1.0
+    ignore_thresh: float = 0.6
+    rescore: bool = True
+    warmup_images: int = 12800
+    prior_scale: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. `warmup_epochs` = linear lr burn-in; `max_minutes` 0 = no time budget."""
+
+    epochs: int = 100
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"
+    final_lr_fraction: float = 0.01
+    max_minutes: float = 0.0
+    seed: int = 0
+    run_dir: str = "runs/default"
+
+
+@dataclass
+class EvalConfig:
+    """COCO evaluation during training and in evaluate.py; see `is_eval_epoch`."""
+
+    every: int = 1
+    warmup: int = 0
+    score_threshold: float = 0.005
+    nms_iou: float = 0.45
+    max_detections: int = 100
+    batch_size: int = 16
+
+    def is_eval_epoch(self, epoch: int) -> bool:
+        """Whether to evaluate after `epoch` (1-based): epochs warmup + every, warmup + 2*every...
+
+        The first `warmup` epochs are never evaluated, so warmup + 1 is the first eligible one.
+        """
+        return epoch > self.warmup and (epoch - self.warmup) % self.every == 0
+
+
+@dataclass
+class Config:
+    """The whole experiment: one dataclass per section."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_SECTIONS: dict[str, type] = get_type_hints(Config)
+_HINTS: dict[str, Any] = {
+    f"{name}.{key}": hint
+    for name, cls in _SECTIONS.items()
+    for key, hint in get_type_hints(cls).items()
+}
+
+
+def _is_range(v: list[float], step: int = 0) -> bool:
+    return len(v) == 2 and 0 < v[0] <= v[1] and all(x % step == 0 for x in v if step)
+
+
+def _is_anchor_list(v: list[list[float]]) -> bool:
+    return bool(v) and all(len(pair) == 2 and min(pair) > 0 for pair in v)
+
+
+_Rule = tuple[Callable[[Any], bool], str]
+
+
+def _one_of(*choices: str) -> _Rule:
+    return (lambda v: v in choices), f"one of {list(choices)}"
+
+
+_RULES: dict[str, _Rule] = {
+    "model.variant": _one_of("darknet19", "tiny"),
+    "model.anchors": (
+        (lambda v: v in ("auto", *PUBLISHED_ANCHORS) if isinstance(v, str) else _is_anchor_list(v)),
+        f"one of {['auto', *PUBLISHED_ANCHORS]} or a non-empty list of [w, h] > 0 (grid cells)",
+    ),
+    "train.optimizer": _one_of("adam", "sgd", "adamw"),
+    "train.schedule": _one_of("cosine", "constant"),
+    **dict.fromkeys(("model.width", "train.lr"), ((lambda v: v > 0), "> 0")),
+    "model.input_size": ((lambda v: v > 0 and v % 32 == 0), "a positive multiple of 32"),
+    "data.workers": ((lambda v: v == -1 or v >= 1), "-1 (AUTOTUNE) or >= 1"),
+    "data.scale": (_is_range, "[min, max] with 0 < min <= max"),
+    "data.multiscale": ((lambda v: not v or _is_range(v, 32)), "[] or [min, max] multiples of 32"),
+    "data.hue": ((lambda v: 0 <= v <= 0.5), "in [0, 0.5]"),
+    "train.run_dir": ((lambda v: v != ""), "a non-empty path"),
+    **dict.fromkeys(
+        ("model.num_anchors", "data.batch_size", "data.max_boxes", "train.epochs")
+        + ("eval.every", "eval.max_detections", "eval.batch_size"),
+        ((lambda v: v >= 1), ">= 1"),
+    ),
+    **dict.fromkeys(
+        ("loss.coord_scale", "loss.object_scale", "loss.noobject_scale", "loss.class_scale")
+        + ("loss.warmup_images", "loss.prior_scale", "train.weight_decay", "train.warmup_epochs")
+        + ("train.max_minutes", "eval.warmup"),
+        ((lambda v: v >= 0), ">= 0"),
+    ),
+    **dict.fromkeys(
+        ("data.hflip", "data.translate", "data.saturation", "data.value", "loss.ignore_thresh")
+        + ("train.momentum", "train.final_lr_fraction", "eval.score_threshold", "eval.nms_iou"),
+        ((lambda v: 0 <= v <= 1), "in [0, 1]"),
+    ),
+}
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _unknown_key(key: str) -> ValueError:
+    """Error for an unknown dotted key, naming the closest valid key (or the valid choices)."""
+    close = difflib.get_close_matches(key, _HINTS if "." in key else _SECTIONS, n=1)
+    section = key.split(".")[0]
+    if close:
+        hint = f"did you mean {close[0]!r}?"
+    elif section in _SECTIONS:
+        hint = "valid keys: " + ", ".join(k for k in _HINTS if k.startswith(f"{section}."))
+    else:
+        hint = "valid sections: " + ", ".join(_SECTIONS)
+    return ValueError(f"unknown config key {key!r} ({hint})")
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """Return `value` as type `hint`, or raise TypeError if it is not one."""
+    origin = get_origin(hint)
+    if origin is UnionType:
+        for arm in get_args(hint):
+            try:
+                return _convert(value, arm)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise TypeError
+        return [_convert(item, get_args(hint)[0]) for item in value]
+    if isinstance(value, bool) != (hint is bool):
+        raise TypeError
+    if hint is float:
+        return _to_float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, hint):
+        return value
+    raise TypeError
+
+
+def _to_float(value: Any) -> float:
+    """Return a finite float from an int, float or numeric string, or raise TypeError."""
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string.
+            value = float(value)
+        except ValueError:
+            raise TypeError from None
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError
+    return float(value)
+
+
+def _typed(key: str, value: Any) -> Any:
+    """Return `value` converted to the annotated type of `key`, or raise a ValueError."""
+    try:
+        return _convert(value, _HINTS[key])
+    except TypeError:
+        hint = _HINTS[key]
+        expected = str(hint) if get_args(hint) else hint.__name__
+        raise ValueError(
+            f"config key {key!r}: expected {expected}, got {_describe(value)}"
+        ) from None
+
+
+def _mapping(value: Any, where: str) -> dict[Any, Any]:
+    """Return `value` as a mapping ({} for an empty YAML node), or raise a ValueError."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise ValueError(f"{where}: expected a mapping, got {_describe(value)}")
+
+
+def _merge(tree: dict[str, dict[str, Any]], updates: Any, source: str) -> None:
+    """Merge a parsed YAML mapping {section: {key: value}} into `tree`, rejecting unknown keys."""
+    for section, entries in _mapping(updates, source).items():
+        if section not in _SECTIONS:
+            raise _unknown_key(str(section))
+        for key, value in _mapping(entries, f"config section {section!r}").items():
+            _assign(tree, f"{section}.{key}", value)
+
+
+def _assign(tree: dict[str, dict[str, Any]], key: str, value: Any) -> None:
+    if key not in _HINTS:
+        raise _unknown_key(key)
+    section, name = key.split(".")
+    tree[section][name] = value
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    """Split `section.key=value`; the value is YAML, except that str fields take the text as is
+    (so `train.run_dir=2024` is the path "2024", not the integer 2024)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or key.count(".") != 1:
+        raise ValueError(f"malformed override {text!r}: expected section.key=value")
+    if key not in _HINTS:
+        raise _unknown_key(key)
+    if _HINTS[key] is str:
+        return key, raw
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {text!r}: value is not valid YAML: {err}") from None
+
+
+def _check(key: str, value: Any) -> None:
+    """Raise a ValueError naming `key` and `value` if the value breaks the key's rule."""
+    if key in _RULES and not _RULES[key][0](value):
+        raise ValueError(f"config key {key!r}: must be {_RULES[key][1]}, got {value!r}")
+
+
+def _resolve_anchors(model: ModelConfig) -> None:
+    """Replace "voc"/"coco" by darknet's anchors; a list of anchors sets num_anchors."""
+    if isinstance(model.anchors, str) and model.anchors in PUBLISHED_ANCHORS:
+        model.anchors = [list(pair) for pair in PUBLISHED_ANCHORS[model.anchors]]
+    if not isinstance(model.anchors, str):
+        model.num_anchors = len(model.anchors)
+
+
+def _build(tree: dict[str, dict[str, Any]]) -> Config:
+    """Type-check, construct and value-check a Config from a {section: {key: value}} tree."""
+    sections = {
+        name: cls(**{key: _typed(f"{name}.{key}", v) for key, v in tree[name].items()})
+        for name, cls in _SECTIONS.items()
+    }
+    cfg = Config(**sections)
+    for key in _HINTS:
+        section, name = key.split(".")
+        _check(key, getattr(getattr(cfg, section), name))
+    _resolve_anchors(cfg.model)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Return `cfg` as plain nested dicts {section: {key: value}} (YAML-serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()
+) -> Config:
+    """Load a validated Config.
+
+    Args:
+        path: str | None. YAML file of {section: {key: value}} merged over the dataclass
+            defaults. Defaults to None (defaults only).
+        overrides: Sequence[str]. `section.key=value` strings applied after the file, in
+            order; values are parsed as YAML (`train.lr=0.01`, `model.anchors=[[1,2],[3,4]]`),
+            str fields take the text as is. Defaults to ().
+    """
+    tree = config_to_dict(Config())
+    if path is not None:
+        if not Path(path).is_file():
+            raise ValueError(f"config file not found: {path}")
+        try:
+            parsed = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path}: invalid YAML: {err}") from None
+        _merge(tree, parsed, f"config file {path}")
+    for text in overrides:
+        _assign(tree, *_parse_override(text))
+    return _build(tree)
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write `cfg` as YAML atomically (temporary file in the same folder, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(config_to_dict(cfg), handle, sort_keys=False)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,238 @@
+"""Dataset spec files (YAML) and `load_dataset`, the one entry point from a spec to records.
+
+A spec names the format and, per split, where the data is; relative paths are resolved
+against the spec file's folder:
+
+    format: coco                 # coco | synthetic
+    names: [cat, dog]            # optional; overrides the annotation file's names
+    train: {images: images/train, annotations: annotations/train.json}
+    val: {images: images/val, annotations: annotations/val.json}
+
+`format: synthetic` is COCO data that `detector.data.synthetic` generates on first use into
+the paths given, from an extra mapping (defaults shown):
+
+    synthetic: {seed: 0, train_images: 1000, val_images: 200, size: 256,
+                classes: [circle, rectangle, triangle, ellipse]}
+"""
+
+import difflib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from detector.data.coco import read_coco
+from detector.data.records import Dataset
+from detector.data.synthetic import MIN_IMAGE_SIZE, SHAPES, write_split
+
+SPLITS = ("train", "val")
+SPEC_KEYS = ("format", "names", "synthetic", *SPLITS)
+SYNTHETIC_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "train_images": 1000,
+    "val_images": 200,
+    "size": 256,
+    "classes": list(SHAPES),
+}
+SYNTHETIC_MINIMA = {"seed": 0, "train_images": 1, "val_images": 1, "size": MIN_IMAGE_SIZE}
+
+
+def load_spec(path: str) -> dict[str, Any]:
+    """Read and check a dataset spec.
+
+    Returns:
+        {"path": absolute spec path, "format": str, "names": list[str] | None,
+         "train"/"val": {key: absolute path} for the splits present,
+         "synthetic": the generator's parameters (format synthetic only)}.
+    """
+    path = os.path.abspath(path)
+    raw = _read_yaml(path)
+    _reject_unknown(raw, SPEC_KEYS, path, "")
+    fmt = raw.get("format")
+    if not isinstance(fmt, str) or fmt not in READERS:
+        got = "missing" if fmt is None else f"unknown format {fmt!r}"
+        raise ValueError(f"{path}: format: {got}; expected one of {sorted(READERS)}")
+    spec: dict[str, Any] = {"path": path, "format": fmt, "names": _names(raw, path)}
+    splits = [s for s in SPLITS if s in raw]
+    if not splits:
+        raise ValueError(f"{path}: train: missing (a spec needs train: and/or val:)")
+    for split in splits:
+        spec[split] = _split_paths(raw[split], SPLIT_KEYS[fmt], path, split)
+    if fmt == "synthetic":
+        spec["synthetic"] = _synthetic_params(raw.get("synthetic", {}), path)
+    elif "synthetic" in raw:
+        raise ValueError(f"{path}: synthetic: only valid with format: synthetic")
+    return spec
+
+
+def load_dataset(spec_path: str, split: str) -> Dataset:
+    """The records of one split of the dataset a spec describes.
+
+    Args:
+        spec_path: str. Dataset spec YAML.
+        split: str. "train" or "val".
+    """
+    spec = _load_split(spec_path, split)
+    dataset = READERS[spec["format"]](spec, split)
+    names = spec["names"]
+    if names is not None:
+        if len(names) != len(dataset.names):
+            raise ValueError(
+                f"{spec['path']}: names: {len(names)} names given but "
+                f"{split} has {len(dataset.names)} classes"
+            )
+        dataset.names = list(names)
+    return dataset
+
+
+def load_annotations(spec_path: str, split: str) -> str:
+    """Absolute path of a split's COCO json, to score detections against (no image needed)."""
+    spec = _load_split(spec_path, split)
+    if spec["format"] == "synthetic":
+        _make_synthetic_split(spec, split)
+    return _annotation_file(spec, split)
+
+
+def _load_split(spec_path: str, split: str) -> dict[str, Any]:
+    """The checked spec, which must describe `split`."""
+    spec = load_spec(spec_path)
+    if split not in SPLITS:
+        raise ValueError(f"{spec['path']}: unknown split {split!r}; expected one of {SPLITS}")
+    if split not in spec:
+        raise ValueError(f"{spec['path']}: {split}: missing")
+    return spec
+
+
+def _annotation_file(spec: dict[str, Any], split: str) -> str:
+    """The split's `annotations` path, which must exist."""
+    path = spec[split]["annotations"]
+    if not os.path.isfile(path):
+        raise ValueError(f"{spec['path']}: {split}.annotations: file not found: {path}")
+    return path
+
+
+def _read_coco(spec: dict[str, Any], split: str) -> Dataset:
+    """COCO reader on a checked split: annotations file and images folder must exist."""
+    annotations, images = _annotation_file(spec, split), spec[split]["images"]
+    if not os.path.isdir(images):
+        raise ValueError(f"{spec['path']}: {split}.images: folder not found: {images}")
+    return read_coco(annotations, images)
+
+
+def _read_synthetic(spec: dict[str, Any], split: str) -> Dataset:
+    """Synthetic data is COCO data, made on first use."""
+    _make_synthetic_split(spec, split)
+    return _read_coco(spec, split)
+
+
+def _make_synthetic_split(spec: dict[str, Any], split: str) -> None:
+    """Generate the split if its json does not exist yet; check an existing one is current."""
+    paths, params = spec[split], spec["synthetic"]
+    wanted = {
+        "seed": params["seed"],
+        "split": split,
+        "num_images": params[f"{split}_images"],
+        "size": params["size"],
+        "classes": params["classes"],
+    }
+    if not os.path.isfile(paths["annotations"]):
+        write_split(paths["images"], paths["annotations"], **wanted)
+    with open(paths["annotations"], encoding="utf-8") as f:
+        made = json.load(f).get("info", {}).get("synthetic")
+    if made != wanted:
+        raise ValueError(
+            f"{spec['path']}: synthetic: {paths['annotations']} was generated with {made}, "
+            f"but the spec asks for {wanted}; delete that file to regenerate the split"
+        )
+
+
+# One reader per format, and the keys each split of that format needs. Pascal VOC xml and
+# YOLO txt readers plug in here.
+READERS: dict[str, Callable[[dict[str, Any], str], Dataset]] = {
+    "coco": _read_coco,
+    "synthetic": _read_synthetic,
+}
+SPLIT_KEYS: dict[str, tuple[str, ...]] = {
+    "coco": ("images", "annotations"),
+    "synthetic": ("images", "annotations"),
+}
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    """The spec's top-level mapping, with errors that name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: dataset spec not found") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    return _mapping(raw, path, "")
+
+
+def _mapping(value: Any, path: str, key: str) -> dict[str, Any]:
+    """`value` checked to be a mapping; `key` ("" = top level) names it in the error."""
+    if not isinstance(value, dict):
+        where = f"{key}: " if key else ""
+        raise ValueError(f"{path}: {where}expected a mapping, got {value!r}")
+    return value
+
+
+def _reject_unknown(raw: dict[str, Any], valid: tuple[str, ...], path: str, prefix: str) -> None:
+    """Raise on the first key of `raw` not in `valid`, naming the closest valid key."""
+    for key in raw:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {list(valid)}"
+            raise ValueError(f"{path}: {prefix}{key}: unknown key{hint}")
+
+
+def _names(raw: dict[str, Any], path: str) -> list[str] | None:
+    """The optional `names:` list of class names."""
+    names = raw.get("names")
+    if names is None:
+        return None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: names: expected a non-empty list of class names, got {names!r}")
+    return names
+
+
+def _split_paths(raw: Any, keys: tuple[str, ...], path: str, split: str) -> dict[str, str]:
+    """A split's `keys`, each a path resolved against the spec's folder."""
+    raw = _mapping(raw, path, split)
+    _reject_unknown(raw, keys, path, f"{split}.")
+    paths = {}
+    for key in keys:
+        value = raw.get(key)
+        if not isinstance(value, str) or not value:
+            got = "missing" if value is None else f"expected a path, got {value!r}"
+            raise ValueError(f"{path}: {split}.{key}: {got}")
+        paths[key] = os.path.normpath(os.path.join(os.path.dirname(path), value))
+    return paths
+
+
+def _synthetic_params(raw: Any, path: str) -> dict[str, Any]:
+    """The generator's parameters: `SYNTHETIC_DEFAULTS` updated with the checked `raw`."""
+    raw = _mapping(raw, path, "synthetic")
+    _reject_unknown(raw, tuple(SYNTHETIC_DEFAULTS), path, "synthetic.")
+    params = {**SYNTHETIC_DEFAULTS, **raw}
+    for key, minimum in SYNTHETIC_MINIMA.items():
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(
+                f"{path}: synthetic.{key}: expected an integer >= {minimum}, got {value!r}"
+            )
+    classes = params["classes"]
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not set(classes) <= set(SHAPES)
+        or len(set(classes)) != len(classes)
+    ):
+        raise ValueError(
+            f"{path}: synthetic.classes: expected distinct names from {list(SHAPES)}, "
+            f"got {classes!r}"
+        )
+    return params

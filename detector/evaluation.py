@@ -1,0 +1,135 @@
+"""COCO evaluation: detections in original image pixels -> results JSON -> pycocotools.
+
+The one evaluation path: the ``BestCocoAP`` callback and ``evaluate.py`` both call
+``evaluate_model``, so the AP printed during training is the AP of the checkpoint.
+"""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import tensorflow as tf
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detector.boxes import xyxy_to_xywh
+from detector.data.pipeline import make_eval_dataset
+from detector.data.records import Dataset
+from detector.io import atomic_write_text
+from detector.model import head_metadata
+from detector.postprocess import decode, nms
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_LABELS = (
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.75      | area=   all | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+)
+
+
+def load_coco(annotation_file: str) -> COCO:
+    """pycocotools' ground truth, without its chatter on stdout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(annotation_file)
+
+
+def coco_metrics(coco_gt: COCO, results: list[dict]) -> dict:
+    """Runs COCOeval (bbox) on a results list; returns the 12 stats and ``per_class``.
+
+    ``per_class`` maps each category name to its AP@[.5:.95] (area all, 100 dets), or
+    -1 where the category has no ground truth, as COCOeval reports it.
+    """
+    categories = coco_gt.loadCats(coco_gt.getCatIds())
+    if not results:
+        return {**dict.fromkeys(STAT_NAMES, 0.0), "per_class": {c["name"]: 0.0 for c in categories}}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K) area all, 100 dets
+    per_class = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k]
+        values = values[values > -1]
+        per_class[coco_gt.cats[cat_id]["name"]] = float(values.mean()) if values.size else -1.0
+    metrics["per_class"] = per_class
+    return metrics
+
+
+def make_predict_fn(model, score_threshold, nms_iou, max_detections):
+    """A compiled function: images (B, H, W, 3) -> NMS outputs (see ``postprocess.nms``)."""
+    anchors = tf.constant(head_metadata(model).anchors, tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def predict(images):
+        boxes, scores = decode(model(images, training=False), anchors)
+        return nms(boxes, scores, score_threshold, nms_iou, max_detections)
+
+    return predict
+
+
+def predict_results(model, dataset: Dataset, input_size: int, batch_size: int = 16,
+                    score_threshold: float = 0.005, nms_iou: float = 0.45,
+                    max_detections: int = 100, predict_fn=None) -> list[dict]:
+    """Detections on every record, as COCO results in original pixels and dataset ids."""
+    predict = predict_fn or make_predict_fn(model, score_threshold, nms_iou, max_detections)
+    category_ids = np.asarray(dataset.category_ids)
+    results = []
+    for images, indices in make_eval_dataset(dataset.records, input_size, batch_size):
+        boxes, scores, classes, valid = (t.numpy() for t in predict(images))
+        for i, index in enumerate(indices.numpy()):
+            record = dataset.records[index]
+            n = valid[i]
+            scale = np.array([record.width, record.height] * 2, np.float64)
+            xywh = xyxy_to_xywh(np.clip(boxes[i, :n], 0.0, 1.0) * scale)
+            for box, score, cls in zip(xywh, scores[i, :n], classes[i, :n]):
+                results.append({
+                    "image_id": int(record.image_id),
+                    "category_id": int(category_ids[cls]),
+                    "bbox": [round(float(v), 3) for v in box],
+                    "score": round(float(score), 5),
+                })  # fmt: skip
+    return results
+
+
+def ground_truth(dataset: Dataset) -> COCO:
+    """The COCO ground truth of a dataset (its own annotation file)."""
+    if dataset.annotation_file is None:
+        raise ValueError("this dataset has no COCO annotation file to evaluate against")
+    return load_coco(dataset.annotation_file)
+
+
+def evaluate_model(model, dataset: Dataset, input_size: int, coco_gt: COCO | None = None,
+                   **predict_kwargs) -> tuple[dict, list[dict]]:
+    """Predicts the dataset and scores it with COCOeval. Returns (metrics, results)."""
+    results = predict_results(model, dataset, input_size, **predict_kwargs)
+    return coco_metrics(coco_gt or ground_truth(dataset), results), results
+
+
+def format_metrics(metrics: dict) -> str:
+    """The COCO summary table (12 lines as cocoapi prints them) and per-class AP."""
+    lines = [f" {label} = {metrics[name]:0.3f}" for name, label in zip(STAT_NAMES, STAT_LABELS)]
+    per_class = metrics.get("per_class", {})
+    if per_class:
+        width = max(len(n) for n in per_class)
+        lines.append("per-class AP@[.5:.95]:")
+        lines += [f"  {name:<{width}}  {ap:0.3f}" for name, ap in per_class.items()]
+    return "\n".join(lines)
+
+
+def write_json(obj, path: str) -> None:
+    """Writes JSON atomically (temporary file in the same folder, then rename)."""
+    atomic_write_text(path, json.dumps(obj, indent=2))

@@ -1,0 +1,186 @@
+"""The YOLOv2 region loss as a Keras layer, and the identity loss the training model uses.
+
+Units: raw predictions are darknet's ``tx, ty, tw, th, to`` + class logits per anchor;
+``y_true`` and ``true_boxes`` hold boxes as ``cx, cy, w, h`` normalised to the image
+(0..1); anchors are in grid cells.
+"""
+
+import keras
+from keras import ops
+
+TERMS = ("coord", "obj", "noobj", "cls", "prior")
+
+
+@keras.saving.register_keras_serializable(package="detector")
+def identity_loss(y_true, y_pred):
+    """The training model already outputs the per-image loss; return it unchanged."""
+    del y_true
+    return y_pred
+
+
+def pairwise_iou_cxcywh(a, b):
+    """IoU of every box of ``a`` (B, S, S, A, 4) with every box of ``b`` (B, M, 4).
+
+    Both cxcywh in one unit. Returns (B, S, S, A, M); 0 for zero-size (padding) boxes.
+    """
+    a = a[:, :, :, :, None, :]
+    b = b[:, None, None, None, :, :]
+    top_left = ops.maximum(a[..., :2] - a[..., 2:] / 2, b[..., :2] - b[..., 2:] / 2)
+    bottom_right = ops.minimum(a[..., :2] + a[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2)
+    inter = ops.prod(ops.maximum(bottom_right - top_left, 0.0), axis=-1)
+    union = ops.prod(a[..., 2:], axis=-1) + ops.prod(b[..., 2:], axis=-1) - inter
+    return inter / ops.maximum(union, 1e-9)
+
+
+def elementwise_iou_cxcywh(a, b):
+    """IoU of matching boxes a (..., 4) and b (..., 4), cxcywh. Returns (...)."""
+    top_left = ops.maximum(a[..., :2] - a[..., 2:] / 2, b[..., :2] - b[..., 2:] / 2)
+    bottom_right = ops.minimum(a[..., :2] + a[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2)
+    inter = ops.prod(ops.maximum(bottom_right - top_left, 0.0), axis=-1)
+    union = ops.prod(a[..., 2:], axis=-1) + ops.prod(b[..., 2:], axis=-1) - inter
+    return inter / ops.maximum(union, 1e-9)
+
+
+def grid_offsets(grid_h, grid_w):
+    """Cell column and row indices shaped (1, S_h, S_w, 1) each, float32."""
+    cols = ops.cast(ops.arange(grid_w), "float32")
+    rows = ops.cast(ops.arange(grid_h), "float32")
+    col_grid = ops.broadcast_to(cols[None, :], (grid_h, grid_w))
+    row_grid = ops.broadcast_to(rows[:, None], (grid_h, grid_w))
+    return col_grid[None, :, :, None], row_grid[None, :, :, None]
+
+
+@keras.saving.register_keras_serializable(package="detector")
+class YoloLoss(keras.layers.Layer):
+    """YOLOv2's region loss (darknet ``region_layer``), one value per image.
+
+    Inputs ``[raw, y_true, true_boxes]``:
+        raw: (B, S_h, S_w, A, 5 + C) raw network output.
+        y_true: (B, S_h, S_w, A, 6) per responsible anchor ``cx, cy, w, h`` (normalised),
+            1 in channel 4, class index in channel 5; zeros elsewhere.
+        true_boxes: (B, M, 4) every ground truth box ``cx, cy, w, h`` (normalised),
+            zero rows as padding; used for the no-object ignore test.
+    Returns (B,) the loss of each image: sum of the terms in ``TERMS``. Each term's
+    batch mean is tracked by a metric of the same name (progress bar, history, CSV).
+
+    Args:
+        anchors: list of [w, h]. Anchor sizes in grid cells.
+        num_classes: int. Number of classes C.
+        coord_scale, object_scale, noobject_scale, class_scale: float. Term weights
+            (darknet: 1, 5, 1, 1).
+        ignore_thresh: float. A predictor whose best IoU with any truth exceeds it gets
+            no no-object loss. Defaults to 0.6.
+        rescore: bool. Objectness target is the predicted box's IoU with its truth
+            (else 1). Defaults to True.
+        warmup_images: int. For this many training images, every predictor without an
+            object is pulled towards its anchor prior. Defaults to 12800.
+        prior_scale: float. Weight of that pull. Defaults to 0.01.
+    """
+
+    def __init__(
+        self,
+        anchors,
+        num_classes: int,
+        coord_scale: float = 1.0,
+        object_scale: float = 5.0,
+        noobject_scale: float = 1.0,
+        class_scale: float = 1.0,
+        ignore_thresh: float = 0.6,
+        rescore: bool = True,
+        warmup_images: int = 12800,
+        prior_scale: float = 0.01,
+        **kwargs,
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.anchors = [[float(w), float(h)] for w, h in anchors]
+        self.num_classes = int(num_classes)
+        self.coord_scale = float(coord_scale)
+        self.object_scale = float(object_scale)
+        self.noobject_scale = float(noobject_scale)
+        self.class_scale = float(class_scale)
+        self.ignore_thresh = float(ignore_thresh)
+        self.rescore = bool(rescore)
+        self.warmup_images = int(warmup_images)
+        self.prior_scale = float(prior_scale)
+        self.trackers = [keras.metrics.Mean(name=term) for term in TERMS]
+        self.seen = self.add_weight(
+            shape=(), initializer="zeros", dtype="float32", trainable=False, name="seen"
+        )
+
+    def call(self, inputs, training=None):
+        raw, y_true, true_boxes = (ops.cast(t, "float32") for t in inputs)
+        terms = self.loss_terms(raw, y_true, true_boxes)
+        if training:
+            self.seen.assign_add(ops.cast(ops.shape(raw)[0], "float32"))
+        for tracker, term in zip(self.trackers, terms.values()):
+            tracker.update_state(term)
+        return ops.sum(ops.stack(list(terms.values()), axis=0), axis=0)
+
+    def loss_terms(self, raw, y_true, true_boxes):
+        """The named loss terms, each (B,): see ``TERMS``."""
+        shape = ops.shape(raw)
+        grid_h, grid_w = shape[1], shape[2]
+        size = ops.cast(ops.stack([grid_w, grid_h]), "float32")
+        col, row = grid_offsets(grid_h, grid_w)
+        anchors = ops.convert_to_tensor(self.anchors, dtype="float32")
+
+        xy_cell = ops.sigmoid(raw[..., 0:2])
+        twh = raw[..., 2:4]
+        objectness = ops.sigmoid(raw[..., 4])
+        cell = ops.concatenate([col[..., None], row[..., None]], axis=-1)
+        pred_xy = (xy_cell + cell) / size
+        pred_wh = ops.exp(ops.clip(twh, -10.0, 10.0)) * anchors / size
+        pred_boxes = ops.stop_gradient(ops.concatenate([pred_xy, pred_wh], axis=-1))
+
+        has_obj = y_true[..., 4]
+        truth = y_true[..., 0:4]
+        best_iou = ops.max(pairwise_iou_cxcywh(pred_boxes, true_boxes), axis=-1)
+        no_obj = (1.0 - has_obj) * ops.cast(best_iou <= self.ignore_thresh, "float32")
+        noobj = self.noobject_scale * no_obj * ops.square(objectness)
+
+        target_xy = truth[..., 0:2] * size - cell
+        safe_wh = ops.where(has_obj[..., None] > 0, truth[..., 2:4], anchors / size)
+        target_twh = ops.log(ops.maximum(safe_wh * size / anchors, 1e-9))
+        box_scale = self.coord_scale * (2.0 - truth[..., 2] * truth[..., 3])
+        coord_err = ops.sum(ops.square(xy_cell - target_xy), -1) + ops.sum(
+            ops.square(twh - target_twh), -1
+        )
+        coord = has_obj * box_scale * coord_err
+
+        if self.rescore:
+            obj_target = ops.stop_gradient(elementwise_iou_cxcywh(pred_boxes, truth))
+        else:
+            obj_target = 1.0
+        obj = self.object_scale * has_obj * ops.square(obj_target - objectness)
+
+        labels = ops.one_hot(ops.cast(y_true[..., 5], "int32"), self.num_classes)
+        log_probs = ops.log_softmax(raw[..., 5:], axis=-1)
+        cls = -self.class_scale * has_obj * ops.sum(labels * log_probs, axis=-1)
+
+        in_warmup = ops.cast(self.seen < self.warmup_images, "float32")
+        prior_err = ops.sum(ops.square(xy_cell - 0.5), -1) + ops.sum(ops.square(twh), -1)
+        prior = in_warmup * self.prior_scale * (1.0 - has_obj) * prior_err
+
+        def per_image(t):
+            return ops.sum(t, axis=(1, 2, 3))
+
+        return dict(zip(TERMS, map(per_image, (coord, obj, noobj, cls, prior))))
+
+    def compute_output_shape(self, input_shapes):
+        return (input_shapes[0][0],)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "anchors": self.anchors,
+            "num_classes": self.num_classes,
+            "coord_scale": self.coord_scale,
+            "object_scale": self.object_scale,
+            "noobject_scale": self.noobject_scale,
+            "class_scale": self.class_scale,
+            "ignore_thresh": self.ignore_thresh,
+            "rescore": self.rescore,
+            "warmup_images": self.warmup_images,
+            "prior_scale": self.prior_scale,
+        }

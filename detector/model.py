@@ -1,0 +1,126 @@
+"""The YOLOv2 networks (functional API): Darknet-19 with passthrough, and the tiny variant.
+
+Layer names are predictable so darknet weights can be mapped onto them: the k-th
+convolution (1-based, in darknet's order) is ``conv_k`` with ``bn_k`` and ``leaky_k``;
+the last convolution (the prediction, linear, with bias) is ``conv_N``.
+"""
+
+import keras
+
+from detector.layers import SpaceToDepth, YoloHead
+from detector.loss import YoloLoss
+
+# Darknet-19 as in darknet's yolov2.cfg: (filters, kernel) per conv, "M" = 2x2 max-pool.
+DARKNET19_BODY = [
+    (32, 3), "M", (64, 3), "M",
+    (128, 3), (64, 1), (128, 3), "M",
+    (256, 3), (128, 1), (256, 3), "M",
+    (512, 3), (256, 1), (512, 3), (256, 1), (512, 3), "P", "M",
+    (1024, 3), (512, 1), (1024, 3), (512, 1), (1024, 3),
+    (1024, 3), (1024, 3),
+]  # fmt: skip
+# yolov2-tiny.cfg; "m" is the size-2 stride-1 max-pool that keeps the 13x13 grid.
+TINY_BODY = [
+    (16, 3), "M", (32, 3), "M", (64, 3), "M", (128, 3), "M", (256, 3), "M",
+    (512, 3), "m", (1024, 3), (512, 3),
+]  # fmt: skip
+VARIANTS = {"darknet19": DARKNET19_BODY, "tiny": TINY_BODY}
+PASSTHROUGH_FILTERS = 64
+
+
+def scaled_filters(filters: int, width: float) -> int:
+    """Filters after the width multiplier, rounded to a multiple of 8 (at least 8)."""
+    return max(8, int(round(filters * width / 8)) * 8)
+
+
+def conv_block(x, filters: int, kernel: int, index: int):
+    """Conv (no bias) + BatchNorm + LeakyReLU(0.1), named ``conv_i``/``bn_i``/``leaky_i``."""
+    x = keras.layers.Conv2D(
+        filters, kernel, padding="same", use_bias=False, name=f"conv_{index}"
+    )(x)
+    x = keras.layers.BatchNormalization(momentum=0.97, epsilon=1e-5, name=f"bn_{index}")(x)
+    return keras.layers.LeakyReLU(negative_slope=0.1, name=f"leaky_{index}")(x)
+
+
+def build_inference_model(
+    num_classes: int,
+    anchors: list[list[float]],
+    variant: str = "darknet19",
+    width: float = 1.0,
+    input_size: int = 416,
+    class_names: list[str] | None = None,
+    category_ids: list[int] | None = None,
+) -> keras.Model:
+    """Builds the YOLOv2 inference network.
+
+    Args:
+        num_classes: int. Number of object classes C.
+        anchors: list of [w, h]. A anchor sizes in grid cells (stride-32 units).
+        variant: str. "darknet19" (with passthrough) or "tiny". Defaults to "darknet19".
+        width: float. Channel multiplier for every conv but the prediction. Defaults to 1.0.
+        input_size: int. Evaluation input side, recorded in the model. Defaults to 416.
+        class_names: list of str or None. Defaults to "class_0".. "class_{C-1}".
+        category_ids: list of int or None. Dataset ids of the classes. Defaults to 1..C.
+
+    Returns:
+        A functional model: images (B, H, W, 3) float pixels in 0..255 (RGB, any H and W
+        multiple of 32) -> raw grid (B, H/32, W/32, A, 5 + C).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"model.variant: unknown {variant!r}; expected one of {list(VARIANTS)}")
+    names = class_names or [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names given for {num_classes} classes")
+    images = keras.Input(shape=(None, None, 3), name="images")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(images)
+    index, pools, passthrough_source = 0, 0, None
+    for spec in VARIANTS[variant]:
+        if spec == "P":
+            passthrough_source = x
+        elif spec in ("M", "m"):
+            pools += 1
+            stride = 2 if spec == "M" else 1
+            x = keras.layers.MaxPooling2D(2, stride, padding="same", name=f"pool_{pools}")(x)
+        else:
+            index += 1
+            x = conv_block(x, scaled_filters(spec[0], width), spec[1], index)
+    if passthrough_source is not None:
+        index += 1
+        route = conv_block(passthrough_source, scaled_filters(PASSTHROUGH_FILTERS, width), 1, index)
+        route = SpaceToDepth(2, name="reorg")(route)
+        x = keras.layers.Concatenate(name="route")([route, x])
+        index += 1
+        x = conv_block(x, scaled_filters(1024, width), 3, index)
+    outputs = len(anchors) * (5 + num_classes)
+    x = keras.layers.Conv2D(outputs, 1, name=f"conv_{index + 1}")(x)
+    grid = YoloHead(anchors, names, input_size, category_ids, name="yolo_head")(x)
+    return keras.Model(images, grid, name=f"yolov2_{variant}")
+
+
+def head_metadata(model: keras.Model) -> YoloHead:
+    """The model's ``YoloHead`` layer, which carries anchors, class names and input size."""
+    return model.get_layer("yolo_head")
+
+
+def build_training_model(
+    inference_model: keras.Model, loss_layer: YoloLoss, max_boxes: int
+) -> keras.Model:
+    """Wraps the inference model with the loss: ``[images, y_true, true_boxes]`` -> (B,) loss.
+
+    Args:
+        inference_model: keras.Model. From ``build_inference_model``.
+        loss_layer: YoloLoss. Configured with the same anchors and classes.
+        max_boxes: int. Rows M of ``true_boxes``.
+
+    Returns:
+        A functional model with inputs images (B, H, W, 3), y_true (B, H/32, W/32, A, 6)
+        and true_boxes (B, M, 4), whose output is the per-image loss (B,). Compile it
+        with ``loss=identity_loss`` and give ``fit`` any dummy target.
+    """
+    head = head_metadata(inference_model)
+    images = keras.Input(shape=(None, None, 3), name="images")
+    y_true = keras.Input(shape=(None, None, len(head.anchors), 6), name="y_true")
+    true_boxes = keras.Input(shape=(max_boxes, 4), name="true_boxes")
+    raw = inference_model(images)
+    loss = loss_layer([raw, y_true, true_boxes])
+    return keras.Model([images, y_true, true_boxes], loss, name="yolov2_training")

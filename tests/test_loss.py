@@ -1,0 +1,150 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from detector.loss import TERMS, YoloLoss, identity_loss
+from detector.model import build_inference_model, build_training_model
+from detector.targets import encode_targets
+
+ANCHORS = np.array([[1.0, 1.0], [2.5, 1.5], [4.0, 4.0]], np.float32)
+C = 3
+
+
+def batch(boxes_per_image, size=128, max_boxes=6):
+    """y_true, true_boxes for a batch, from lists of (xyxy pixels, class)."""
+    y, t = [], []
+    for objects in boxes_per_image:
+        boxes = np.array([o[0] for o in objects], np.float32).reshape(-1, 4)
+        classes = np.array([o[1] for o in objects], np.int32)
+        a, b = encode_targets(boxes, classes, (size, size), ANCHORS, max_boxes)
+        y.append(a)
+        t.append(b)
+    return np.stack(y), np.stack(t)
+
+
+def raw_output(y_true, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 0.5, (*y_true.shape[:4], 5 + C)).astype(np.float32)
+
+
+def terms(layer, raw, y_true, true_boxes):
+    return {k: v.numpy() for k, v in layer.loss_terms(raw, y_true, true_boxes).items()}
+
+
+def test_no_objects_only_noobj_and_prior():
+    y_true, true_boxes = batch([[], []])
+    t = terms(YoloLoss(ANCHORS, C), raw_output(y_true), y_true, true_boxes)
+    assert (t["coord"] == 0).all() and (t["cls"] == 0).all() and (t["obj"] == 0).all()
+    assert (t["noobj"] > 0).all() and (t["prior"] > 0).all()
+    total = YoloLoss(ANCHORS, C, warmup_images=0)([raw_output(y_true), y_true, true_boxes])
+    np.testing.assert_allclose(total, t["noobj"], rtol=1e-6)
+
+
+def test_one_object_every_term_positive():
+    y_true, true_boxes = batch([[((20, 30, 70, 60), 1)]])
+    t = terms(YoloLoss(ANCHORS, C), raw_output(y_true), y_true, true_boxes)
+    assert all(t[k][0] > 0 for k in TERMS), t
+
+
+def perfect_prediction(y_true):
+    """Raw outputs that decode exactly onto the targets, confident and correct."""
+    grid = y_true.shape[1]
+    raw = np.full((*y_true.shape[:4], 5 + C), -12.0, np.float32)
+    for b, row, col, a in zip(*np.nonzero(y_true[..., 4])):
+        cx, cy, w, h, _, cls = y_true[b, row, col, a]
+        ox, oy = cx * grid - col, cy * grid - row
+        raw[b, row, col, a, :2] = np.log([ox / (1 - ox), oy / (1 - oy)])
+        raw[b, row, col, a, 2:4] = np.log([w * grid / ANCHORS[a, 0], h * grid / ANCHORS[a, 1]])
+        raw[b, row, col, a, 4] = 12.0
+        raw[b, row, col, a, 5 + int(cls)] = 30.0
+    return raw
+
+
+def test_prediction_equal_to_target_has_near_zero_loss():
+    y_true, true_boxes = batch([[((20, 30, 70, 60), 1), ((80, 10, 120, 100), 2)]])
+    t = terms(YoloLoss(ANCHORS, C), perfect_prediction(y_true), y_true, true_boxes)
+    for k in ("coord", "obj", "cls", "noobj"):
+        assert t[k][0] < 1e-4, (k, t[k])
+
+
+def test_rescore_targets_iou():
+    y_true, true_boxes = batch([[((20, 30, 70, 60), 1)]])
+    raw = perfect_prediction(y_true)
+    cell = np.nonzero(y_true[..., 4])
+    raw[cell + (2,)] += np.log(2.0)  # predicted width doubled: IoU 0.5, objectness 1
+    rescored = terms(YoloLoss(ANCHORS, C, object_scale=1.0), raw, y_true, true_boxes)
+    plain = terms(YoloLoss(ANCHORS, C, object_scale=1.0, rescore=False), raw, y_true, true_boxes)
+    np.testing.assert_allclose(rescored["obj"], [(1 - 0.5) ** 2], rtol=1e-3)
+    assert plain["obj"][0] < 1e-6
+
+
+def test_ignore_threshold_spares_good_unassigned_predictors():
+    y_true, true_boxes = batch([[((32, 32, 64, 64), 0)]])
+    raw = perfect_prediction(y_true)
+    # A neighbouring anchor of the same cell predicting nearly the same box, confident.
+    row, col, a = (i[0] for i in np.nonzero(y_true[0, ..., 4]))
+    other = (a + 1) % len(ANCHORS)
+    raw[0, row, col, other, :4] = raw[0, row, col, a, :4]
+    raw[0, row, col, other, 2:4] += np.log(ANCHORS[a] / ANCHORS[other])
+    raw[0, row, col, other, 4] = 12.0
+    spared = terms(YoloLoss(ANCHORS, C, ignore_thresh=0.6), raw, y_true, true_boxes)
+    punished = terms(YoloLoss(ANCHORS, C, ignore_thresh=1.0), raw, y_true, true_boxes)
+    assert spared["noobj"][0] < 1e-4 and punished["noobj"][0] > 0.99
+
+
+def test_padded_box_slots_change_nothing():
+    objects = [[((20, 30, 70, 60), 1)]]
+    y_few, tb_few = batch(objects, max_boxes=1)
+    y_many, tb_many = batch(objects, max_boxes=50)
+    raw = raw_output(y_few)
+    layer = YoloLoss(ANCHORS, C)
+    a, b = terms(layer, raw, y_few, tb_few), terms(layer, raw, y_many, tb_many)
+    for k in TERMS:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
+
+
+def test_coord_term_scales_small_boxes_up():
+    small = batch([[((40, 40, 48, 48), 0)]])
+    layer = YoloLoss(ANCHORS, C)
+    y_true, true_boxes = small
+    raw = perfect_prediction(y_true)
+    raw[np.nonzero(y_true[..., 4]) + (2,)] += 1.0  # tw off by exactly 1
+    w, h = y_true[y_true[..., 4] > 0][0, 2:4]
+    np.testing.assert_allclose(terms(layer, raw, y_true, true_boxes)["coord"], [2 - w * h],
+                               rtol=1e-4)  # fmt: skip
+
+
+def test_gradients_finite_and_loss_float32_under_mixed_precision():
+    y_true, true_boxes = batch([[((20, 30, 70, 60), 1)], []])
+    raw = tf.Variable(raw_output(y_true, seed=3) * 40.0)  # extreme logits
+    layer = YoloLoss(ANCHORS, C)
+    with tf.GradientTape() as tape:
+        loss = layer([tf.cast(raw, tf.float16), y_true, true_boxes])
+    grad = tape.gradient(loss, raw)
+    assert loss.dtype == tf.float32 and np.isfinite(loss).all()
+    assert np.isfinite(grad.numpy()).all()
+
+
+def test_warmup_switches_off_after_seen_images():
+    y_true, true_boxes = batch([[], []])
+    layer = YoloLoss(ANCHORS, C, warmup_images=4)
+    raw = raw_output(y_true)
+    for _ in range(2):
+        layer([raw, y_true, true_boxes], training=True)
+    assert layer.seen.numpy() == 4
+    assert terms(layer, raw, y_true, true_boxes)["prior"].max() == 0
+
+
+def test_training_model_outputs_loss_and_tracks_terms():
+    inference = build_inference_model(C, ANCHORS.tolist(), "tiny", 0.25, 64)
+    model = build_training_model(inference, YoloLoss(ANCHORS, C), max_boxes=6)
+    model.compile(optimizer="adam", loss=identity_loss)
+    y_true, true_boxes = batch([[((5, 5, 40, 50), 2)], []], size=64)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    history = model.fit([images, y_true, true_boxes], np.zeros(2), epochs=1, verbose=0)
+    assert set(TERMS) | {"loss"} <= set(history.history)
+    parts = sum(history.history[k][0] for k in TERMS)
+    assert history.history["loss"][0] == pytest.approx(parts, rel=1e-4)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+    assert identity_loss(np.zeros(2), np.array([1.0, 2.0])).tolist() == [1.0, 2.0]
