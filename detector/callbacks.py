@@ -1,5 +1,6 @@
 """Training callbacks: best-COCO-AP checkpointing, the wall-clock budget, the lr schedule."""
 
+import csv
 import math
 import os
 import time
@@ -8,6 +9,19 @@ import keras
 
 from detector.evaluation import STAT_NAMES, evaluate_model, make_predict_fn, write_json
 from detector.io import atomic_save
+
+
+def float32_config(config):
+    """A model config with every layer's dtype policy replaced by float32.
+
+    Under a mixed-precision policy the variables are float32 already, so weights copy
+    over unchanged; the evaluation model and the checkpoints it writes compute in float32.
+    """
+    if isinstance(config, dict):
+        return {k: "float32" if k == "dtype" else float32_config(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [float32_config(v) for v in config]
+    return config
 
 
 class BestCocoAP(keras.callbacks.Callback):
@@ -30,8 +44,16 @@ class BestCocoAP(keras.callbacks.Callback):
         predict_kwargs: batch_size, score_threshold, nms_iou, max_detections.
     """
 
-    def __init__(self, inference_model, dataset, coco_gt, run_dir, is_eval_epoch,
-                 best_ap=-1.0, **predict_kwargs):
+    def __init__(
+        self,
+        inference_model,
+        dataset,
+        coco_gt,
+        run_dir,
+        is_eval_epoch,
+        best_ap=-1.0,
+        **predict_kwargs,
+    ):
         super().__init__()
         self.inference_model = inference_model
         self.dataset = dataset
@@ -44,13 +66,14 @@ class BestCocoAP(keras.callbacks.Callback):
         self.evaluated_epoch = None
 
     def on_train_begin(self, logs=None):
-        self.eval_model = keras.Model.from_config(self.inference_model.get_config())
+        config = float32_config(self.inference_model.get_config())
+        self.eval_model = keras.Model.from_config(config)
         kwargs = {k: v for k, v in self.predict_kwargs.items() if k != "batch_size"}
         self.predict_fn = make_predict_fn(self.eval_model, **kwargs)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        last = self.model.stop_training or epoch + 1 == self.params.get("epochs")
+        last = getattr(self.model, "stop_training", False) or epoch + 1 == self.params.get("epochs")
         if not (self.is_eval_epoch(epoch + 1) or last):
             logs.update(dict.fromkeys(STAT_NAMES, math.nan))
             return
@@ -114,8 +137,16 @@ class LearningRateSchedule(keras.callbacks.Callback):
         power: float. Burn-in exponent (darknet uses 4). Defaults to 2.
     """
 
-    def __init__(self, base_lr, total_steps, warmup_steps, schedule="cosine",
-                 final_fraction=0.01, budget=None, power=2.0):
+    def __init__(
+        self,
+        base_lr,
+        total_steps,
+        warmup_steps,
+        schedule="cosine",
+        final_fraction=0.01,
+        budget=None,
+        power=2.0,
+    ):
         super().__init__()
         self.base_lr = base_lr
         self.total_steps = max(1, total_steps)
@@ -144,3 +175,28 @@ class LearningRateSchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["lr"] = float(self.model.optimizer.learning_rate.numpy())
+
+
+class MetricsCSV(keras.callbacks.Callback):
+    """Appends one row per epoch to a CSV with fixed columns (1-based ``epoch`` first).
+
+    Unlike ``keras.callbacks.CSVLogger`` it writes no empty ``val_*`` columns, and
+    the columns do not depend on which keys the first epoch happened to log.
+    """
+
+    def __init__(self, path: str, columns: list[str]):
+        super().__init__()
+        self.path = path
+        self.columns = ["epoch", *columns]
+
+    def on_train_begin(self, logs=None):
+        if not os.path.exists(self.path):
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(self.columns)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {**(logs or {}), "epoch": epoch + 1}
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([logs.get(c, "") for c in self.columns])
+            f.flush()
+            os.fsync(f.fileno())

@@ -17,8 +17,13 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="sets train.epochs")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget (sets train.max_minutes)")
     p.add_argument("--run-dir", help="sets train.run_dir")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.lr=0.001 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=0.001 (repeatable)",
+    )
     return p
 
 

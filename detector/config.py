@@ -88,6 +88,7 @@ class TrainConfig:
     final_lr_fraction: float = 0.01
     max_minutes: float = 0.0
     seed: int = 0
+    precision: str = "float32"
     run_dir: str = "runs/default"
 
 
@@ -151,6 +152,7 @@ _RULES: dict[str, _Rule] = {
         f"one of {['auto', *PUBLISHED_ANCHORS]} or a non-empty list of [w, h] > 0 (grid cells)",
     ),
     "train.optimizer": _one_of("adam", "sgd", "adamw"),
+    "train.precision": _one_of("float32", "mixed_float16", "mixed_bfloat16"),
     "train.schedule": _one_of("cosine", "constant"),
     **dict.fromkeys(("model.width", "train.lr"), ((lambda v: v > 0), "> 0")),
     "model.input_size": ((lambda v: v > 0 and v % 32 == 0), "a positive multiple of 32"),

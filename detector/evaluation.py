@@ -20,7 +20,20 @@ from detector.io import atomic_write_text
 from detector.model import head_metadata
 from detector.postprocess import decode, nms
 
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 STAT_LABELS = (
     "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
     "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]",
@@ -58,7 +71,7 @@ def coco_metrics(coco_gt: COCO, results: list[dict]) -> dict:
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    metrics = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+    metrics = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=False)}
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K) area all, 100 dets
     per_class = {}
     for k, cat_id in enumerate(evaluator.params.catIds):
@@ -69,7 +82,7 @@ def coco_metrics(coco_gt: COCO, results: list[dict]) -> dict:
     return metrics
 
 
-def make_predict_fn(model, score_threshold, nms_iou, max_detections):
+def make_predict_fn(model, score_threshold=0.005, nms_iou=0.45, max_detections=100):
     """A compiled function: images (B, H, W, 3) -> NMS outputs (see ``postprocess.nms``)."""
     anchors = tf.constant(head_metadata(model).anchors, tf.float32)
 
@@ -81,9 +94,16 @@ def make_predict_fn(model, score_threshold, nms_iou, max_detections):
     return predict
 
 
-def predict_results(model, dataset: Dataset, input_size: int, batch_size: int = 16,
-                    score_threshold: float = 0.005, nms_iou: float = 0.45,
-                    max_detections: int = 100, predict_fn=None) -> list[dict]:
+def predict_results(
+    model,
+    dataset: Dataset,
+    input_size: int,
+    batch_size: int = 16,
+    score_threshold: float = 0.005,
+    nms_iou: float = 0.45,
+    max_detections: int = 100,
+    predict_fn=None,
+) -> list[dict]:
     """Detections on every record, as COCO results in original pixels and dataset ids."""
     predict = predict_fn or make_predict_fn(model, score_threshold, nms_iou, max_detections)
     category_ids = np.asarray(dataset.category_ids)
@@ -95,7 +115,7 @@ def predict_results(model, dataset: Dataset, input_size: int, batch_size: int = 
             n = valid[i]
             scale = np.array([record.width, record.height] * 2, np.float64)
             xywh = xyxy_to_xywh(np.clip(boxes[i, :n], 0.0, 1.0) * scale)
-            for box, score, cls in zip(xywh, scores[i, :n], classes[i, :n]):
+            for box, score, cls in zip(xywh, scores[i, :n], classes[i, :n], strict=False):
                 results.append({
                     "image_id": int(record.image_id),
                     "category_id": int(category_ids[cls]),
@@ -112,8 +132,9 @@ def ground_truth(dataset: Dataset) -> COCO:
     return load_coco(dataset.annotation_file)
 
 
-def evaluate_model(model, dataset: Dataset, input_size: int, coco_gt: COCO | None = None,
-                   **predict_kwargs) -> tuple[dict, list[dict]]:
+def evaluate_model(
+    model, dataset: Dataset, input_size: int, coco_gt: COCO | None = None, **predict_kwargs
+) -> tuple[dict, list[dict]]:
     """Predicts the dataset and scores it with COCOeval. Returns (metrics, results)."""
     results = predict_results(model, dataset, input_size, **predict_kwargs)
     return coco_metrics(coco_gt or ground_truth(dataset), results), results
@@ -121,7 +142,10 @@ def evaluate_model(model, dataset: Dataset, input_size: int, coco_gt: COCO | Non
 
 def format_metrics(metrics: dict) -> str:
     """The COCO summary table (12 lines as cocoapi prints them) and per-class AP."""
-    lines = [f" {label} = {metrics[name]:0.3f}" for name, label in zip(STAT_NAMES, STAT_LABELS)]
+    lines = [
+        f" {label} = {metrics[name]:0.3f}"
+        for name, label in zip(STAT_NAMES, STAT_LABELS, strict=False)
+    ]
     per_class = metrics.get("per_class", {})
     if per_class:
         width = max(len(n) for n in per_class)

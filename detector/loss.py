@@ -113,7 +113,7 @@ class YoloLoss(keras.layers.Layer):
         terms = self.loss_terms(raw, y_true, true_boxes)
         if training:
             self.seen.assign_add(ops.cast(ops.shape(raw)[0], "float32"))
-        for tracker, term in zip(self.trackers, terms.values()):
+        for tracker, term in zip(self.trackers, terms.values(), strict=False):
             tracker.update_state(term)
         return ops.sum(ops.stack(list(terms.values()), axis=0), axis=0)
 
@@ -165,7 +165,7 @@ class YoloLoss(keras.layers.Layer):
         def per_image(t):
             return ops.sum(t, axis=(1, 2, 3))
 
-        return dict(zip(TERMS, map(per_image, (coord, obj, noobj, cls, prior))))
+        return dict(zip(TERMS, map(per_image, (coord, obj, noobj, cls, prior)), strict=False))
 
     def compute_output_shape(self, input_shapes):
         return (input_shapes[0][0],)

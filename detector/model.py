@@ -35,9 +35,9 @@ def scaled_filters(filters: int, width: float) -> int:
 
 def conv_block(x, filters: int, kernel: int, index: int):
     """Conv (no bias) + BatchNorm + LeakyReLU(0.1), named ``conv_i``/``bn_i``/``leaky_i``."""
-    x = keras.layers.Conv2D(
-        filters, kernel, padding="same", use_bias=False, name=f"conv_{index}"
-    )(x)
+    x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"conv_{index}")(
+        x
+    )
     x = keras.layers.BatchNormalization(momentum=0.97, epsilon=1e-5, name=f"bn_{index}")(x)
     return keras.layers.LeakyReLU(negative_slope=0.1, name=f"leaky_{index}")(x)
 

@@ -7,15 +7,15 @@ import keras
 import numpy as np
 
 from detector.anchors import kmeans_anchors, mean_best_iou
-from detector.callbacks import BestCocoAP, LearningRateSchedule, TimeBudget
+from detector.callbacks import BestCocoAP, LearningRateSchedule, MetricsCSV, TimeBudget
 from detector.config import Config, save_config
 from detector.data.augment import build_augmenter
 from detector.data.pipeline import make_train_dataset
 from detector.data.records import Dataset
 from detector.data.spec import load_dataset
-from detector.evaluation import evaluate_model, format_metrics, ground_truth
+from detector.evaluation import STAT_NAMES, evaluate_model, format_metrics, ground_truth
 from detector.io import atomic_save
-from detector.loss import YoloLoss, identity_loss
+from detector.loss import TERMS, YoloLoss, identity_loss
 from detector.model import build_inference_model, build_training_model
 from detector.targets import STRIDE
 
@@ -96,6 +96,7 @@ def run(cfg: Config) -> dict:
     cfg.model.anchors, cfg.model.num_anchors = anchors, len(anchors)
     cfg.train.run_dir = run_dir
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    keras.mixed_precision.set_global_policy(cfg.train.precision)
     print(f"run directory: {run_dir}  ({len(train.records)} train / {len(val.records)} val images)")
 
     inference = build_inference_model(
@@ -107,11 +108,14 @@ def run(cfg: Config) -> dict:
     model.compile(optimizer=make_optimizer(cfg), loss=identity_loss)
 
     d = cfg.data
-    augmenter = build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation, d.value)
+
+    def make_augmenter():
+        return build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation, d.value)
+
     workers = d.workers if d.workers > 0 else -1
     train_ds = make_train_dataset(
         train.records, cfg.model.input_size, anchors, d.batch_size, d.max_boxes,
-        augmenter, seed=cfg.train.seed, parallel_calls=workers,
+        make_augmenter, seed=cfg.train.seed, parallel_calls=workers,
     )  # fmt: skip
     steps = len(train.records) // d.batch_size
     if steps == 0:
@@ -131,11 +135,11 @@ def run(cfg: Config) -> dict:
             nms_iou=e.nms_iou, max_detections=e.max_detections,
         ),
         SaveLast(inference, os.path.join(run_dir, "last.keras")),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "metrics.csv")),
+        MetricsCSV(os.path.join(run_dir, "metrics.csv"), ["lr", "loss", *TERMS, *STAT_NAMES]),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
     ]  # fmt: skip
     model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=2 if os.environ.get("CI") else 1)  # fmt: skip
+              shuffle=False, verbose=2 if os.environ.get("CI") else 1)  # fmt: skip
     if budget.stopped:
         print(f"stopped after the {cfg.train.max_minutes:g}-minute budget")
     return final_report(run_dir, val, e)

@@ -50,7 +50,7 @@ def test_encode_picks_cell_of_centre_and_best_shape_anchor():
     # Centre (72, 40) -> column 2, row 1 of the 8x8 grid; 3:1.5 cells -> anchor 1.
     box = np.array([[72 - 48, 40 - 24, 72 + 48, 40 + 24]], np.float32)
     y_true, _ = encode_targets(box, np.array([3]), (256, 256), ANCHORS, max_boxes=2)
-    assert list(zip(*np.nonzero(y_true[..., 4]))) == [(1, 2, 1)]
+    assert list(zip(*np.nonzero(y_true[..., 4]), strict=False)) == [(1, 2, 1)]
     np.testing.assert_allclose(y_true[1, 2, 1], [72 / 256, 40 / 256, 96 / 256, 48 / 256, 1, 3])
 
 

@@ -51,7 +51,7 @@ def perfect_prediction(y_true):
     """Raw outputs that decode exactly onto the targets, confident and correct."""
     grid = y_true.shape[1]
     raw = np.full((*y_true.shape[:4], 5 + C), -12.0, np.float32)
-    for b, row, col, a in zip(*np.nonzero(y_true[..., 4])):
+    for b, row, col, a in zip(*np.nonzero(y_true[..., 4]), strict=False):
         cx, cy, w, h, _, cls = y_true[b, row, col, a]
         ox, oy = cx * grid - col, cy * grid - row
         raw[b, row, col, a, :2] = np.log([ox / (1 - ox), oy / (1 - oy)])

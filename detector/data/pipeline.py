@@ -1,5 +1,9 @@
 """The tf.data input pipelines: training (augmented, encoded targets) and evaluation."""
 
+import threading
+from collections.abc import Callable
+
+import albumentations as A
 import numpy as np
 import tensorflow as tf
 
@@ -14,7 +18,7 @@ def make_train_dataset(
     anchors,
     batch_size: int,
     max_boxes: int,
-    augmenter=None,
+    make_augmenter: Callable[[], A.Compose] | None = None,
     seed: int = 0,
     parallel_calls: int = tf.data.AUTOTUNE,
 ) -> tf.data.Dataset:
@@ -23,13 +27,24 @@ def make_train_dataset(
     Yields ``((images, y_true, true_boxes), dummy)``: images (B, S, S, 3) float32 pixels
     0..255, y_true (B, S/32, S/32, A, 6), true_boxes (B, max_boxes, 4), dummy (B,) zeros.
     Incomplete last batches are dropped so every step sees ``batch_size`` images.
+    ``make_augmenter`` builds one augmenter per loading thread: an albumentations
+    ``Compose`` keeps per-call state, so threads must not share one.
     """
     anchors = np.asarray(anchors, np.float32)
     grid = input_size // STRIDE
+    local = threading.local()
+
+    def augmenter():
+        if make_augmenter is None:
+            return None
+        if not hasattr(local, "augmenter"):
+            local.augmenter = make_augmenter()
+        return local.augmenter
 
     def load(index):
         rng = np.random.default_rng()
-        image, boxes, classes = prepare_example(records[int(index)], input_size, augmenter, rng)
+        record = records[int(index)]
+        image, boxes, classes = prepare_example(record, input_size, augmenter(), rng)
         y_true, true_boxes = encode_targets(
             boxes, classes, (input_size, input_size), anchors, max_boxes
         )

@@ -1,0 +1,81 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from detector.callbacks import BestCocoAP, LearningRateSchedule
+from detector.data.spec import load_dataset
+from detector.evaluation import ground_truth
+from detector.model import build_inference_model
+
+
+def make_callback(tiny_spec, run_dir, aps):
+    val = load_dataset(str(tiny_spec), "val")
+    model = build_inference_model(len(val.names), [[1, 1], [2, 2]], "tiny", 0.25, 64, val.names)
+    callback = BestCocoAP(model, val, ground_truth(val), str(run_dir), lambda epoch: True)
+    scripted = iter(aps)
+    callback.evaluate = lambda: {"AP": next(scripted), "per_class": {}, **dict.fromkeys(
+        ("AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"), 0.0
+    )}  # fmt: skip
+    callback.set_model(model)
+    callback.set_params({"epochs": len(aps)})
+    callback.on_train_begin()
+    return callback, model
+
+
+def test_saves_only_on_improvement(tiny_spec, tmp_path):
+    callback, model = make_callback(tiny_spec, tmp_path, [0.1, 0.3, 0.2, 0.3, 0.5])
+    best_epochs = []
+    for epoch in range(5):
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        best_epochs.append(json.loads((tmp_path / "best.json").read_text())["epoch"])
+        assert "AP" in logs
+    assert best_epochs == [1, 2, 2, 2, 5]
+    assert callback.best_ap == 0.5
+    loaded = keras.models.load_model(str(tmp_path / "best.keras"), safe_mode=True)
+    assert loaded.get_layer("yolo_head").class_names == model.get_layer("yolo_head").class_names
+
+
+def test_failed_save_leaves_previous_checkpoint_and_no_temp_file(tiny_spec, tmp_path):
+    callback, _ = make_callback(tiny_spec, tmp_path, [0.1, 0.4])
+    callback.on_epoch_end(0, {})
+    before = (tmp_path / "best.keras").read_bytes()
+
+    def broken_save(path):
+        with open(path, "wb") as f:
+            f.write(b"half a zip")
+        raise OSError("disk full")
+
+    callback.eval_model.save = broken_save
+    with pytest.raises(OSError, match="disk full"):
+        callback.on_epoch_end(1, {})
+    assert (tmp_path / "best.keras").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.keras"]
+
+
+def test_evaluation_model_gets_the_training_weights(tiny_spec, tmp_path):
+    val = load_dataset(str(tiny_spec), "val")
+    model = build_inference_model(len(val.names), [[1, 1]], "tiny", 0.25, 64, val.names)
+    callback = BestCocoAP(model, val, ground_truth(val), str(tmp_path), lambda epoch: True)
+    callback.set_model(model)
+    callback.set_params({"epochs": 1})
+    callback.on_train_begin()
+    assert callback.eval_model is not model
+    model.get_layer("conv_1").kernel.assign(np.ones_like(model.get_layer("conv_1").kernel))
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    np.testing.assert_array_equal(callback.eval_model.get_layer("conv_1").kernel, 1.0)
+    assert 0.0 <= logs["AP"] <= 1.0 and (tmp_path / "best.keras").exists()
+
+
+def test_learning_rate_burn_in_then_cosine():
+    schedule = LearningRateSchedule(1.0, total_steps=110, warmup_steps=10, final_fraction=0.0)
+    assert schedule.lr_at(0) == pytest.approx((1 / 10) ** 2)
+    assert schedule.lr_at(9) == pytest.approx(1.0)
+    assert schedule.lr_at(60) == pytest.approx(0.5)
+    assert schedule.lr_at(110) == pytest.approx(0.0)
+    # Half the wall-clock budget spent at step 10 -> already half-way down the cosine.
+    assert schedule.lr_at(10, time_fraction=0.5) == pytest.approx(0.5)

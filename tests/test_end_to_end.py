@@ -1,0 +1,74 @@
+"""The real command lines, end to end, on a tiny model and a tiny synthetic dataset."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from detector.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, timeout=600):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_spec, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    proc = run(
+        "train.py", "--data", str(tiny_spec), "--epochs", "2", "--run-dir", str(run_dir),
+        "--set", "model.variant=tiny", "--set", "model.width=0.25",
+        "--set", "model.input_size=64", "--set", "data.batch_size=8",
+        "--set", "train.max_minutes=0", "--set", "model.num_anchors=3",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir, proc.stdout
+
+
+def test_train_writes_the_run_directory(trained_run):
+    run_dir, stdout = trained_run
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.yaml", "best.keras", "best.json", "last.keras", "metrics.csv"} <= names
+    assert not [n for n in names if n.startswith(".")], names  # no temporary files left
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert {"loss", "coord", "obj", "noobj", "cls", "AP", "AP50", "lr"} <= set(rows[0])
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.model.num_anchors == 3 and len(cfg.model.anchors) == 3
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in stdout
+    model = keras.models.load_model(run_dir / "last.keras", safe_mode=True)
+    assert model.get_layer("yolo_head").anchors == cfg.model.anchors
+
+
+def test_evaluate_checkpoint_agrees_with_best_json(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    out = tmp_path / "metrics.json"
+    proc = run("evaluate.py", str(run_dir / "best.keras"), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(out.read_text())
+    best = json.loads((run_dir / "best.json").read_text())
+    for name in ("AP", "AP50", "AR100"):
+        assert abs(metrics[name] - best[name]) <= 1e-3, name
+    assert set(metrics["per_class"]) == set(best["per_class"])
+
+
+def test_bad_config_key_is_a_clear_error(tiny_spec):
+    proc = run("train.py", "--data", str(tiny_spec), "--set", "train.lrr=0.1")
+    assert proc.returncode == 2
+    assert "train.lrr" in proc.stderr and "train.lr" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    proc = run("train.py", "--data", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and "nope.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
