@@ -116,6 +116,14 @@ class TimeBudget(keras.callbacks.Callback):
         return (time.monotonic() - self.start) / self.seconds
 
     def on_train_batch_end(self, batch, logs=None):
+        self.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Runs before BestCocoAP (callback order), so a spent budget makes this epoch's
+        # evaluation the final one instead of starting an epoch that stops at once.
+        self.check()
+
+    def check(self) -> None:
         if self.seconds > 0 and self.fraction() >= 1.0:
             self.stopped = True
             self.model.stop_training = True

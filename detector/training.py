@@ -34,13 +34,19 @@ def choose_anchors(cfg: Config, train: Dataset) -> list[list[float]]:
 
 
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
-    """The configured optimiser; its learning rate is driven by ``LearningRateSchedule``."""
+    """The configured optimiser; its learning rate is driven by ``LearningRateSchedule``.
+
+    SGD (darknet's) and AdamW decay the conv kernels only, not BatchNorm or biases.
+    """
     t = cfg.train
+    if t.optimizer == "adam":
+        return keras.optimizers.Adam(t.lr)
     if t.optimizer == "sgd":
-        return keras.optimizers.SGD(t.lr, momentum=t.momentum, nesterov=False)
-    if t.optimizer == "adamw":
-        return keras.optimizers.AdamW(t.lr, weight_decay=t.weight_decay)
-    return keras.optimizers.Adam(t.lr)
+        optimizer = keras.optimizers.SGD(t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    else:
+        optimizer = keras.optimizers.AdamW(t.lr, weight_decay=t.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
 
 
 def make_loss(cfg: Config, anchors, num_classes: int) -> YoloLoss:

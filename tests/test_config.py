@@ -152,6 +152,7 @@ def test_list_elements_and_unions_are_type_checked() -> None:
         ("model.anchors=[[1,0]]", "'model.anchors'"),
         ("train.optimizer=rmsprop", "'train.optimizer'"),
         ("train.schedule=linear", "'train.schedule'"),
+        ("train.precision=float16", "'train.precision': must be one of"),
         ("data.batch_size=0", "'data.batch_size': must be >= 1, got 0"),
         ("loss.ignore_thresh=1.5", "'loss.ignore_thresh': must be in [0, 1], got 1.5"),
         ("eval.every=0", "'eval.every'"),

@@ -105,7 +105,7 @@ def test_synthetic_boxes_are_tight_around_drawn_pixels(monkeypatch):
     monkeypatch.setattr(
         synthetic, "_background", lambda rng, size: np.full((size, size, 3), 128, np.float32)
     )
-    monkeypatch.setattr(synthetic, "_draw_clutter", lambda canvas, rng: None)
+    monkeypatch.setattr(synthetic, "_draw_clutter", lambda *args: None)
     rng = np.random.default_rng(0)
     noise = np.zeros((synthetic.NOISE_TILE,) * 2 + (3,), np.float32)
     for _ in range(20):
@@ -459,3 +459,16 @@ def test_prepare_example_drops_degenerate_boxes_and_checks_size(tmp_path):
     wrong = Record(**{**record.__dict__, "height": 61})
     with pytest.raises(ValueError, match="image is 60x100 pixels but its annotations say 61x100"):
         prepare_example(wrong, 100, None, np.random.default_rng(0))
+
+
+def test_synthetic_style_bounds_objects_and_clutter(tmp_path):
+    style = synthetic.Style(max_objects=2, min_side=40.0, max_side=60.0, clutter=0.0)
+    annotations = tmp_path / "train.json"
+    images = str(tmp_path / "images")
+    synthetic.write_split(images, str(annotations), "train", 12, 1, 128, style=style)
+    coco = json.loads(annotations.read_text())
+    counts = np.bincount([a["image_id"] for a in coco["annotations"]], minlength=13)[1:]
+    assert counts.max() <= 2
+    long_side = np.array([max(a["bbox"][2], a["bbox"][3]) for a in coco["annotations"]])
+    assert long_side.min() >= 39 and long_side.max() <= 61
+    assert coco["info"]["synthetic"]["clutter"] == 0.0

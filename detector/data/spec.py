@@ -18,6 +18,7 @@ the paths given, from an extra mapping (defaults shown):
 import difflib
 import json
 import os
+from dataclasses import asdict
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ import yaml
 
 from detector.data.coco import read_coco
 from detector.data.records import Dataset
-from detector.data.synthetic import MIN_IMAGE_SIZE, SHAPES, write_split
+from detector.data.synthetic import MIN_IMAGE_SIZE, SHAPES, Style, write_split
 
 SPLITS = ("train", "val")
 SPEC_KEYS = ("format", "names", "synthetic", *SPLITS)
@@ -35,8 +36,12 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "val_images": 200,
     "size": 256,
     "classes": list(SHAPES),
+    **asdict(Style()),
 }
-SYNTHETIC_MINIMA = {"seed": 0, "train_images": 1, "val_images": 1, "size": MIN_IMAGE_SIZE}
+SYNTHETIC_MINIMA = {
+    "seed": 0, "train_images": 1, "val_images": 1, "size": MIN_IMAGE_SIZE, "max_objects": 1,
+}  # fmt: skip
+STYLE_RANGES = {"min_side": (2.0, 10_000.0), "max_side": (2.0, 10_000.0), "clutter": (0.0, 1.0)}
 
 
 def load_spec(path: str) -> dict[str, Any]:
@@ -130,15 +135,20 @@ def _read_synthetic(spec: dict[str, Any], split: str) -> Dataset:
 def _make_synthetic_split(spec: dict[str, Any], split: str) -> None:
     """Generate the split if its json does not exist yet; check an existing one is current."""
     paths, params = spec[split], spec["synthetic"]
+    style = Style(**{k: params[k] for k in asdict(Style())})
     wanted = {
         "seed": params["seed"],
         "split": split,
         "num_images": params[f"{split}_images"],
         "size": params["size"],
+        **asdict(style),
         "classes": params["classes"],
     }
     if not os.path.isfile(paths["annotations"]):
-        write_split(paths["images"], paths["annotations"], **wanted)
+        write_split(
+            paths["images"], paths["annotations"], split, wanted["num_images"],
+            params["seed"], params["size"], params["classes"], style,
+        )  # fmt: skip
     with open(paths["annotations"], encoding="utf-8") as f:
         made = json.load(f).get("info", {}).get("synthetic")
     if made != wanted:
@@ -224,6 +234,15 @@ def _synthetic_params(raw: Any, path: str) -> dict[str, Any]:
             raise ValueError(
                 f"{path}: synthetic.{key}: expected an integer >= {minimum}, got {value!r}"
             )
+    for key, (low, high) in STYLE_RANGES.items():
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise ValueError(
+                f"{path}: synthetic.{key}: expected a number in [{low:g}, {high:g}], got {value!r}"
+            )
+        params[key] = float(value)
+    if params["min_side"] > params["max_side"]:
+        raise ValueError(f"{path}: synthetic.min_side: {params['min_side']} > max_side")
     classes = params["classes"]
     if (
         not isinstance(classes, list)

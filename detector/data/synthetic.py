@@ -17,6 +17,7 @@ import json
 import os
 import zlib
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
@@ -31,6 +32,22 @@ MAX_COVER = 0.5  # fraction of an earlier object's box a later (drawn on top) on
 MIN_CONTRAST = 90.0  # RGB distance between object colour and the mean background it covers
 PLACEMENT_TRIES = 10
 NOISE_TILE = 512  # one noise field per split; images take random windows (cheap, seeded)
+
+
+@dataclass(frozen=True)
+class Style:
+    """How crowded and cluttered the images are.
+
+    Attributes:
+        max_objects: int. Objects per image are drawn from 1..max_objects.
+        min_side / max_side: float. Range of an object's box long side, pixels.
+        clutter: float. Multiplier on the number of distractors (0 = none, 1 = full).
+    """
+
+    max_objects: int = MAX_OBJECTS
+    min_side: float = MIN_SIDE
+    max_side: float = MAX_SIDE
+    clutter: float = 1.0
 
 
 def make_synthetic(
@@ -70,6 +87,7 @@ def write_split(
     seed: int = 0,
     size: int = 256,
     classes: Sequence[str] = SHAPES,
+    style: Style = Style(),
 ) -> None:
     """Write one split: `num_images` JPEGs (quality 95) into `images_dir`, then its COCO json.
 
@@ -86,7 +104,7 @@ def write_split(
     noise = rng.standard_normal((NOISE_TILE, NOISE_TILE, 3), dtype=np.float32)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
-        image, boxes, labels, areas = render_image(rng, size, classes, noise)
+        image, boxes, labels, areas = render_image(rng, size, classes, noise, style)
         file_name = f"{image_id:06d}.jpg"
         _, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
         _write_atomic(os.path.join(images_dir, file_name), jpeg.tobytes())
@@ -103,7 +121,7 @@ def write_split(
                     "iscrowd": 0,
                 }
             )
-    params = {"seed": seed, "split": split, "num_images": num_images, "size": size}
+    params = {"seed": seed, "split": split, "num_images": num_images, "size": size, **asdict(style)}
     coco = {
         "info": {"description": DESCRIPTION, "synthetic": {**params, "classes": list(classes)}},
         "licenses": [],
@@ -119,6 +137,7 @@ def render_image(
     size: int,
     classes: Sequence[str],
     noise: np.ndarray,
+    style: Style = Style(),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One cluttered image and its objects.
 
@@ -127,17 +146,19 @@ def render_image(
         size: int. Image side, pixels.
         classes: sequence of shape names; labels index into it.
         noise: float32 (T, T, 3), T >= size. Unit Gaussian field to take a window from.
+        style: Style. Object count and size range, amount of clutter.
 
     Returns:
         image uint8 (size, size, 3) BGR; boxes float32 (N, 4) xyxy pixels (tight);
         labels int32 (N,) indices into `classes`; areas float32 (N,) drawn pixels.
     """
     canvas = _background(rng, size)
-    _draw_clutter(canvas, rng)
+    _draw_clutter(canvas, rng, style.clutter)
     boxes, labels, areas = [], [], []
-    for _ in range(rng.integers(1, MAX_OBJECTS + 1)):
+    for _ in range(rng.integers(1, style.max_objects + 1)):
         label = int(rng.integers(len(classes)))
-        placed = _place(rng, classes[label], size, np.asarray(boxes, np.float32).reshape(-1, 4))
+        earlier = np.asarray(boxes, np.float32).reshape(-1, 4)
+        placed = _place(rng, classes[label], size, earlier, style)
         if placed is None:
             continue
         mask, (x, y) = placed
@@ -200,15 +221,15 @@ def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
 
 
 def _place(
-    rng: np.random.Generator, shape: str, size: int, boxes: np.ndarray
+    rng: np.random.Generator, shape: str, size: int, boxes: np.ndarray, style: Style
 ) -> tuple[np.ndarray, tuple[int, int]] | None:
     """Mask and top-left (x, y) of a new object inside the image overlapping `boxes` little.
 
     Returns None when `PLACEMENT_TRIES` random placements all overlap too much.
     """
-    max_side = min(MAX_SIDE, size - 2.0)
+    max_side = min(style.max_side, size - 2.0)
     for _ in range(PLACEMENT_TRIES):
-        long_side = np.exp(rng.uniform(np.log(MIN_SIDE), np.log(max_side)))
+        long_side = np.exp(rng.uniform(np.log(min(style.min_side, max_side)), np.log(max_side)))
         mask = shape_mask(rng, shape, long_side)
         h, w = mask.shape
         x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
@@ -243,19 +264,26 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def _draw_clutter(canvas: np.ndarray, rng: np.random.Generator) -> None:
-    """Draw distractors that are not objects: straight lines, open curves, star blobs."""
+def _draw_clutter(canvas: np.ndarray, rng: np.random.Generator, amount: float = 1.0) -> None:
+    """Draw distractors that are not objects: straight lines, open curves, star blobs.
+
+    ``amount`` scales the maximum number of each kind (0 draws none).
+    """
     size = canvas.shape[0]
-    for _ in range(rng.integers(0, 8)):
+
+    def count(most: int) -> int:
+        return int(rng.integers(0, int(round(most * amount)) + 1))
+
+    for _ in range(count(7)):
         p, q = rng.integers(0, size, (2, 2))
         colour = rng.uniform(0, 255, 3).tolist()
         cv2.line(canvas, p.tolist(), q.tolist(), colour, int(rng.integers(1, 4)), cv2.LINE_AA)
-    for _ in range(rng.integers(0, 4)):
+    for _ in range(count(3)):
         steps = rng.normal(0.0, size / 8, (int(rng.integers(3, 7)), 2))
         curve = (rng.uniform(0, size, 2) + np.cumsum(steps, axis=0)).astype(np.int32)
         colour = rng.uniform(0, 255, 3).tolist()
         cv2.polylines(canvas, [curve], False, colour, int(rng.integers(1, 3)), cv2.LINE_AA)
-    for _ in range(rng.integers(0, 5)):
+    for _ in range(count(4)):
         # Stars of 5..8 spikes: blob-like, yet never mistakable for one of the shapes.
         n = 2 * int(rng.integers(5, 9))
         t = np.linspace(0.0, 2 * np.pi, n, endpoint=False) + rng.uniform(0.0, np.pi)

@@ -1,0 +1,25 @@
+import pytest
+
+from detector.config import load_config
+from detector.model import build_inference_model
+from detector.training import make_optimizer, unique_run_dir
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_weight_decay_spares_batchnorm_and_biases(name):
+    cfg = load_config(overrides=[f"train.optimizer={name}"])
+    optimizer = make_optimizer(cfg)
+    model = build_inference_model(2, [[1, 1]], "tiny", 0.25, 64)
+    decayed = {v.path for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    assert "conv_1/kernel" in decayed and "conv_9/kernel" in decayed
+    assert not any(p.startswith("bn_") or p.endswith("bias") for p in decayed)
+    assert optimizer.weight_decay == pytest.approx(cfg.train.weight_decay)
+
+
+def test_unique_run_dir_never_reuses_a_used_folder(tmp_path):
+    base = tmp_path / "run"
+    assert unique_run_dir(str(base)) == str(base)
+    base.mkdir()
+    assert unique_run_dir(str(base)) == str(base)  # empty: free
+    (base / "config.yaml").write_text("x")
+    assert unique_run_dir(str(base)) == f"{base}-2"
