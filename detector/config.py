@@ -72,6 +72,7 @@ class LossConfig:
     rescore: bool = True
     warmup_images: int = 12800
     prior_scale: float = 0.01
+    objectness: str = "mse"
 
 
 @dataclass
@@ -152,6 +153,7 @@ _RULES: dict[str, _Rule] = {
         f"one of {['auto', *PUBLISHED_ANCHORS]} or a non-empty list of [w, h] > 0 (grid cells)",
     ),
     "train.optimizer": _one_of("adam", "sgd", "adamw"),
+    "loss.objectness": _one_of("mse", "bce"),
     "train.precision": _one_of("float32", "mixed_float16", "mixed_bfloat16"),
     "train.schedule": _one_of("cosine", "constant"),
     **dict.fromkeys(("model.width", "train.lr"), ((lambda v: v > 0), "> 0")),

@@ -75,6 +75,9 @@ class YoloLoss(keras.layers.Layer):
         warmup_images: int. For this many training images, every predictor without an
             object is pulled towards its anchor prior. Defaults to 12800.
         prior_scale: float. Weight of that pull. Defaults to 0.01.
+        objectness: str. "mse": darknet's squared error on sigmoid(to); "bce": binary
+            cross-entropy on the logit (YOLOv3 onwards), whose gradient does not vanish
+            once the no-object term has pushed every score towards 0. Defaults to "mse".
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class YoloLoss(keras.layers.Layer):
         rescore: bool = True,
         warmup_images: int = 12800,
         prior_scale: float = 0.01,
+        objectness: str = "mse",
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
@@ -103,6 +107,9 @@ class YoloLoss(keras.layers.Layer):
         self.rescore = bool(rescore)
         self.warmup_images = int(warmup_images)
         self.prior_scale = float(prior_scale)
+        if objectness not in ("mse", "bce"):
+            raise ValueError(f"YoloLoss: objectness must be 'mse' or 'bce', got {objectness!r}")
+        self.objectness = objectness
         self.trackers = [keras.metrics.Mean(name=term) for term in TERMS]
         self.seen = self.add_weight(
             shape=(), initializer="zeros", dtype="float32", trainable=False, name="seen"
@@ -127,7 +134,6 @@ class YoloLoss(keras.layers.Layer):
 
         xy_cell = ops.sigmoid(raw[..., 0:2])
         twh = raw[..., 2:4]
-        objectness = ops.sigmoid(raw[..., 4])
         cell = ops.concatenate([col[..., None], row[..., None]], axis=-1)
         pred_xy = (xy_cell + cell) / size
         pred_wh = ops.exp(ops.clip(twh, -10.0, 10.0)) * anchors / size
@@ -137,7 +143,6 @@ class YoloLoss(keras.layers.Layer):
         truth = y_true[..., 0:4]
         best_iou = ops.max(pairwise_iou_cxcywh(pred_boxes, true_boxes), axis=-1)
         no_obj = (1.0 - has_obj) * ops.cast(best_iou <= self.ignore_thresh, "float32")
-        noobj = self.noobject_scale * no_obj * ops.square(objectness)
 
         target_xy = truth[..., 0:2] * size - cell
         safe_wh = ops.where(has_obj[..., None] > 0, truth[..., 2:4], anchors / size)
@@ -152,7 +157,9 @@ class YoloLoss(keras.layers.Layer):
             obj_target = ops.stop_gradient(elementwise_iou_cxcywh(pred_boxes, truth))
         else:
             obj_target = 1.0
-        obj = self.object_scale * has_obj * ops.square(obj_target - objectness)
+        obj_err, noobj_err = self.objectness_errors(raw[..., 4], obj_target)
+        obj = self.object_scale * has_obj * obj_err
+        noobj = self.noobject_scale * no_obj * noobj_err
 
         labels = ops.one_hot(ops.cast(y_true[..., 5], "int32"), self.num_classes)
         log_probs = ops.log_softmax(raw[..., 5:], axis=-1)
@@ -166,6 +173,14 @@ class YoloLoss(keras.layers.Layer):
             return ops.sum(t, axis=(1, 2, 3))
 
         return dict(zip(TERMS, map(per_image, (coord, obj, noobj, cls, prior)), strict=False))
+
+    def objectness_errors(self, logits, target):
+        """Per-predictor objectness error towards ``target`` and towards 0."""
+        if self.objectness == "bce":
+            # BCE(t, sigmoid(x)) = softplus(x) - t·x, stable for any logit.
+            return ops.softplus(logits) - target * logits, ops.softplus(logits)
+        score = ops.sigmoid(logits)
+        return ops.square(target - score), ops.square(score)
 
     def compute_output_shape(self, input_shapes):
         return (input_shapes[0][0],)
@@ -183,4 +198,5 @@ class YoloLoss(keras.layers.Layer):
             "rescore": self.rescore,
             "warmup_images": self.warmup_images,
             "prior_scale": self.prior_scale,
+            "objectness": self.objectness,
         }

@@ -56,7 +56,8 @@ def make_loss(cfg: Config, anchors, num_classes: int) -> YoloLoss:
         anchors, num_classes, coord_scale=c.coord_scale, object_scale=c.object_scale,
         noobject_scale=c.noobject_scale, class_scale=c.class_scale,
         ignore_thresh=c.ignore_thresh, rescore=c.rescore,
-        warmup_images=c.warmup_images, prior_scale=c.prior_scale, name="yolo_loss",
+        warmup_images=c.warmup_images, prior_scale=c.prior_scale, objectness=c.objectness,
+        name="yolo_loss",
     )  # fmt: skip
 
 

@@ -32,38 +32,45 @@ def terms(layer, raw, y_true, true_boxes):
     return {k: v.numpy() for k, v in layer.loss_terms(raw, y_true, true_boxes).items()}
 
 
-def test_no_objects_only_noobj_and_prior():
+@pytest.mark.parametrize("objectness", ["mse", "bce"])
+def test_no_objects_only_noobj_and_prior(objectness):
     y_true, true_boxes = batch([[], []])
-    t = terms(YoloLoss(ANCHORS, C), raw_output(y_true), y_true, true_boxes)
+    layer = YoloLoss(ANCHORS, C, objectness=objectness)
+    t = terms(layer, raw_output(y_true), y_true, true_boxes)
     assert (t["coord"] == 0).all() and (t["cls"] == 0).all() and (t["obj"] == 0).all()
     assert (t["noobj"] > 0).all() and (t["prior"] > 0).all()
-    total = YoloLoss(ANCHORS, C, warmup_images=0)([raw_output(y_true), y_true, true_boxes])
+    no_warmup = YoloLoss(ANCHORS, C, warmup_images=0, objectness=objectness)
+    total = no_warmup([raw_output(y_true), y_true, true_boxes])
     np.testing.assert_allclose(total, t["noobj"], rtol=1e-6)
 
 
-def test_one_object_every_term_positive():
+@pytest.mark.parametrize("objectness", ["mse", "bce"])
+def test_one_object_every_term_positive(objectness):
     y_true, true_boxes = batch([[((20, 30, 70, 60), 1)]])
-    t = terms(YoloLoss(ANCHORS, C), raw_output(y_true), y_true, true_boxes)
+    layer = YoloLoss(ANCHORS, C, objectness=objectness)
+    t = terms(layer, raw_output(y_true), y_true, true_boxes)
     assert all(t[k][0] > 0 for k in TERMS), t
 
 
 def perfect_prediction(y_true):
     """Raw outputs that decode exactly onto the targets, confident and correct."""
     grid = y_true.shape[1]
-    raw = np.full((*y_true.shape[:4], 5 + C), -12.0, np.float32)
+    raw = np.full((*y_true.shape[:4], 5 + C), -20.0, np.float32)
     for b, row, col, a in zip(*np.nonzero(y_true[..., 4]), strict=False):
         cx, cy, w, h, _, cls = y_true[b, row, col, a]
         ox, oy = cx * grid - col, cy * grid - row
         raw[b, row, col, a, :2] = np.log([ox / (1 - ox), oy / (1 - oy)])
         raw[b, row, col, a, 2:4] = np.log([w * grid / ANCHORS[a, 0], h * grid / ANCHORS[a, 1]])
-        raw[b, row, col, a, 4] = 12.0
+        raw[b, row, col, a, 4] = 20.0
         raw[b, row, col, a, 5 + int(cls)] = 30.0
     return raw
 
 
-def test_prediction_equal_to_target_has_near_zero_loss():
+@pytest.mark.parametrize("objectness", ["mse", "bce"])
+def test_prediction_equal_to_target_has_near_zero_loss(objectness):
     y_true, true_boxes = batch([[((20, 30, 70, 60), 1), ((80, 10, 120, 100), 2)]])
-    t = terms(YoloLoss(ANCHORS, C), perfect_prediction(y_true), y_true, true_boxes)
+    layer = YoloLoss(ANCHORS, C, objectness=objectness)
+    t = terms(layer, perfect_prediction(y_true), y_true, true_boxes)
     for k in ("coord", "obj", "cls", "noobj"):
         assert t[k][0] < 1e-4, (k, t[k])
 
@@ -87,7 +94,7 @@ def test_ignore_threshold_spares_good_unassigned_predictors():
     other = (a + 1) % len(ANCHORS)
     raw[0, row, col, other, :4] = raw[0, row, col, a, :4]
     raw[0, row, col, other, 2:4] += np.log(ANCHORS[a] / ANCHORS[other])
-    raw[0, row, col, other, 4] = 12.0
+    raw[0, row, col, other, 4] = 20.0
     spared = terms(YoloLoss(ANCHORS, C, ignore_thresh=0.6), raw, y_true, true_boxes)
     punished = terms(YoloLoss(ANCHORS, C, ignore_thresh=1.0), raw, y_true, true_boxes)
     assert spared["noobj"][0] < 1e-4 and punished["noobj"][0] > 0.99
@@ -148,3 +155,18 @@ def test_training_model_outputs_loss_and_tracks_terms():
     assert history.history["loss"][0] == pytest.approx(parts, rel=1e-4)
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
     assert identity_loss(np.zeros(2), np.array([1.0, 2.0])).tolist() == [1.0, 2.0]
+
+
+def test_bce_objectness_gradient_does_not_vanish_for_low_scores():
+    y_true, true_boxes = batch([[((20, 30, 70, 60), 1)]])
+    raw = tf.Variable(perfect_prediction(y_true))
+    cell = tuple(int(i[0]) for i in np.nonzero(y_true[..., 4]))
+    raw[cell + (4,)].assign(-8.0)  # a true object scored 0.0003
+    grads = {}
+    for mode in ("mse", "bce"):
+        layer = YoloLoss(ANCHORS, C, objectness=mode, rescore=False)
+        with tf.GradientTape() as tape:
+            loss = layer.loss_terms(raw, y_true, true_boxes)["obj"]
+        grads[mode] = abs(float(tape.gradient(loss, raw)[cell + (4,)]))
+    assert grads["bce"] > 1000 * grads["mse"]
+    assert grads["bce"] == pytest.approx(5.0, rel=1e-2)  # object_scale · (1 - sigmoid(-8))
