@@ -18,27 +18,22 @@ def identity_loss(y_true, y_pred):
     return y_pred
 
 
+def elementwise_iou_cxcywh(a, b):
+    """IoU of boxes a (..., 4) and b (..., 4), cxcywh, broadcast. Returns (...); 0 for
+    zero-size (padding) boxes."""
+    top_left = ops.maximum(a[..., :2] - a[..., 2:] / 2, b[..., :2] - b[..., 2:] / 2)
+    bottom_right = ops.minimum(a[..., :2] + a[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2)
+    inter = ops.prod(ops.maximum(bottom_right - top_left, 0.0), axis=-1)
+    union = ops.prod(a[..., 2:], axis=-1) + ops.prod(b[..., 2:], axis=-1) - inter
+    return inter / ops.maximum(union, 1e-9)
+
+
 def pairwise_iou_cxcywh(a, b):
     """IoU of every box of ``a`` (B, S, S, A, 4) with every box of ``b`` (B, M, 4).
 
-    Both cxcywh in one unit. Returns (B, S, S, A, M); 0 for zero-size (padding) boxes.
+    Both cxcywh in one unit. Returns (B, S, S, A, M).
     """
-    a = a[:, :, :, :, None, :]
-    b = b[:, None, None, None, :, :]
-    top_left = ops.maximum(a[..., :2] - a[..., 2:] / 2, b[..., :2] - b[..., 2:] / 2)
-    bottom_right = ops.minimum(a[..., :2] + a[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2)
-    inter = ops.prod(ops.maximum(bottom_right - top_left, 0.0), axis=-1)
-    union = ops.prod(a[..., 2:], axis=-1) + ops.prod(b[..., 2:], axis=-1) - inter
-    return inter / ops.maximum(union, 1e-9)
-
-
-def elementwise_iou_cxcywh(a, b):
-    """IoU of matching boxes a (..., 4) and b (..., 4), cxcywh. Returns (...)."""
-    top_left = ops.maximum(a[..., :2] - a[..., 2:] / 2, b[..., :2] - b[..., 2:] / 2)
-    bottom_right = ops.minimum(a[..., :2] + a[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2)
-    inter = ops.prod(ops.maximum(bottom_right - top_left, 0.0), axis=-1)
-    union = ops.prod(a[..., 2:], axis=-1) + ops.prod(b[..., 2:], axis=-1) - inter
-    return inter / ops.maximum(union, 1e-9)
+    return elementwise_iou_cxcywh(a[:, :, :, :, None, :], b[:, None, None, None, :, :])
 
 
 def grid_offsets(grid_h, grid_w):
