@@ -11,7 +11,7 @@ from detector.callbacks import BestCocoAP, LearningRateSchedule, MetricsCSV, Tim
 from detector.config import Config, save_config
 from detector.data.augment import build_augmenter
 from detector.data.pipeline import make_train_dataset
-from detector.data.records import Dataset
+from detector.data.records import Dataset, drop_missing_images
 from detector.data.spec import load_dataset
 from detector.evaluation import STAT_NAMES, evaluate_model, format_metrics, ground_truth
 from detector.io import atomic_save
@@ -94,7 +94,8 @@ def run(cfg: Config) -> dict:
     start = time.monotonic()
     if cfg.data.multiscale:
         raise ValueError("data.multiscale: multi-scale training is not available yet")
-    train, val = load_dataset(cfg.data.spec, "train"), load_dataset(cfg.data.spec, "val")
+    train = drop_missing_images(load_dataset(cfg.data.spec, "train"))
+    val = load_dataset(cfg.data.spec, "val")
     report_problems("train", train)
     report_problems("val", val)
     run_dir = unique_run_dir(cfg.train.run_dir)
