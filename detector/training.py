@@ -120,10 +120,9 @@ def run(cfg: Config) -> dict:
     def make_augmenter():
         return build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation, d.value)
 
-    workers = d.workers if d.workers > 0 else -1
     train_ds = make_train_dataset(
         train.records, cfg.model.input_size, anchors, d.batch_size, d.max_boxes,
-        make_augmenter, seed=cfg.train.seed, parallel_calls=workers,
+        make_augmenter, seed=cfg.train.seed, parallel_calls=d.workers,  # -1 = AUTOTUNE
     )  # fmt: skip
     steps = len(train.records) // d.batch_size
     if steps == 0:
