@@ -1,49 +1,145 @@
-"""YOLOv2's "dimension clusters": k-means over box shapes with distance 1 − IoU."""
+"""YOLOv2's "dimension clusters": k-means over box shapes with distance 1 − IoU.
+
+Command line::
+
+    python -m detector.anchors SPEC [--k 5] [--input-size 416] [--letterbox] [--json OUT]
+
+prints the anchors in grid cells (darknet's unit, ready for ``model.anchors``) and the
+mean IoU between the training boxes and their best anchor.
+"""
+
+import argparse
+import json
+import sys
 
 import numpy as np
 
 from detector.boxes import shape_iou
 
+STRIDE = 32
 
-def kmeans_anchors(wh: np.ndarray, k: int, seed: int = 0, iterations: int = 100) -> np.ndarray:
+
+def kmeans_anchors(
+    wh: np.ndarray, k: int, seed: int = 0, iterations: int = 100, restarts: int = 10
+) -> np.ndarray:
     """Clusters box widths/heights into k anchors.
+
+    Lloyd's algorithm with distance 1 − IoU (boxes and centres sharing one centre), from
+    `restarts` k-means++ initialisations; the run with the highest mean best IoU wins.
 
     Args:
         wh: (N, 2) float box widths and heights, any unit (the anchors come out in it).
         k: int. Number of anchors.
-        seed: int. Seed of the k-means++ initialisation. Defaults to 0.
-        iterations: int. Upper bound on Lloyd iterations. Defaults to 100.
+        seed: int. Seed of the initialisations. Defaults to 0.
+        iterations: int. Upper bound on Lloyd iterations per run. Defaults to 100.
+        restarts: int. Number of runs. Defaults to 10.
 
     Returns:
         (k, 2) float32 anchors sorted by area. Each cluster centre is the median of its
         members (robust to outliers); with fewer than k distinct shapes, shapes repeat.
     """
-    wh = np.asarray(wh, np.float64)
-    wh = wh[(wh > 0).all(axis=1)]
+    wh = np.asarray(wh, np.float64).reshape(-1, 2)
+    wh = wh[(wh > 0).all(axis=1) & np.isfinite(wh).all(axis=1)]
     if len(wh) == 0:
         raise ValueError("kmeans_anchors: no boxes with positive width and height")
     rng = np.random.default_rng(seed)
+    best, best_iou = None, -1.0
+    for _ in range(max(1, restarts)):
+        centres = _lloyd(wh, _kmeans_pp(wh, k, rng), iterations)
+        iou = mean_best_iou(wh, centres)
+        if iou > best_iou:
+            best, best_iou = centres, iou
+    order = np.argsort(best.prod(axis=1))
+    return best[order].astype(np.float32)
+
+
+def _kmeans_pp(wh: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding under the 1 − IoU distance."""
     centres = wh[[rng.integers(len(wh))]]
     while len(centres) < k:
-        distance = 1.0 - shape_iou(wh, centres).max(axis=1)
-        weights = distance**2
+        weights = (1.0 - shape_iou(wh, centres).max(axis=1)) ** 2
         total = weights.sum()
         pick = rng.choice(len(wh), p=weights / total) if total > 0 else rng.integers(len(wh))
         centres = np.vstack([centres, wh[pick]])
+    return centres
+
+
+def _lloyd(wh: np.ndarray, centres: np.ndarray, iterations: int) -> np.ndarray:
     assignment = None
     for _ in range(iterations):
         new_assignment = np.argmax(shape_iou(wh, centres), axis=1)
         if assignment is not None and np.array_equal(new_assignment, assignment):
             break
         assignment = new_assignment
-        for j in range(k):
+        for j in range(len(centres)):
             members = wh[assignment == j]
             if len(members):
                 centres[j] = np.median(members, axis=0)
-    order = np.argsort(centres.prod(axis=1))
-    return centres[order].astype(np.float32)
+    return centres
 
 
 def mean_best_iou(wh: np.ndarray, anchors: np.ndarray) -> float:
     """Average over boxes of the best shape IoU with any anchor (YOLOv2's "Avg IOU")."""
     return float(shape_iou(wh, anchors).max(axis=1).mean())
+
+
+def box_shapes(records, input_size: int, letterbox: bool = False) -> np.ndarray:
+    """(N, 2) widths and heights of every box, in grid cells of the network input.
+
+    With a plain resize each axis scales to `input_size`; with letterboxing both scale by
+    the longer side, as the pipeline maps them.
+    """
+    shapes = []
+    for r in records:
+        wh = r.boxes[:, 2:] - r.boxes[:, :2]
+        if letterbox:
+            shapes.append(wh / max(r.width, r.height))
+        else:
+            shapes.append(wh / [r.width, r.height])
+    if not shapes:
+        return np.zeros((0, 2))
+    return np.concatenate(shapes) * (input_size / STRIDE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m detector.anchors",
+        description="k-means anchors (distance 1 - IoU) of a dataset's training boxes.",
+    )
+    parser.add_argument("spec", help="dataset spec YAML")
+    parser.add_argument("--k", type=int, default=5, help="number of anchors (default 5)")
+    parser.add_argument("--input-size", type=int, default=416, help="network input, px")
+    parser.add_argument("--letterbox", action="store_true", help="boxes as letterboxed")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--restarts", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write {anchors, mean_iou, input_size} here")
+    args = parser.parse_args(argv)
+    from detector.data.spec import load_dataset
+
+    try:
+        if args.input_size <= 0 or args.input_size % STRIDE:
+            raise ValueError(f"--input-size: {args.input_size} is not a positive multiple of 32")
+        dataset = load_dataset(args.spec, args.split, check_images=False)
+        wh = box_shapes(dataset.records, args.input_size, args.letterbox)
+        anchors = kmeans_anchors(wh, args.k, args.seed, restarts=args.restarts)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    iou = mean_best_iou(wh, anchors)
+    grid = args.input_size // STRIDE
+    print(f"{len(wh)} boxes, k={args.k}, input {args.input_size} px ({grid}x{grid} grid)")
+    print("anchors (grid cells): " + ",  ".join(f"{w:.4g},{h:.4g}" for w, h in anchors))
+    print(f"mean IoU with the best anchor: {iou:.4f}")
+    if args.json:
+        from detector.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({
+            "anchors": np.round(anchors.astype(float), 5).tolist(), "mean_iou": iou,
+            "input_size": args.input_size,
+        }, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

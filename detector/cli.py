@@ -96,14 +96,15 @@ def evaluate_main(argv=None) -> int:
 def evaluate_command(args: argparse.Namespace) -> dict:
     """Runs the evaluation the arguments ask for; returns the metrics dict."""
     from detector.data.spec import load_annotations, load_dataset
-    from detector.evaluation import coco_metrics, evaluate_model, load_coco
+    from detector.evaluation import coco_metrics, evaluate_model, ground_truth
 
     if args.detections:
         if not os.path.isfile(args.detections):
             raise ValueError(f"--detections: file not found: {args.detections}")
         with open(args.detections) as f:
             results = json.load(f)
-        return coco_metrics(load_coco(load_annotations(args.data, args.split)), results)
+        truth = ground_truth(load_annotations(args.data, args.split))
+        return coco_metrics(truth, results)
     import keras
 
     if not os.path.isfile(args.checkpoint):

@@ -44,8 +44,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset spec path, batching and augmentation (fractions of image size / HSV range).
-    `workers` = -1 means tf.data AUTOTUNE; `multiscale` = [min, max] input sizes or [] = off."""
+    """Dataset spec path, batching and augmentation. `workers` = -1 means tf.data
+    AUTOTUNE. `hue`, `saturation`, `exposure` are darknet's (hue shift as a fraction of the
+    colour circle; gains in [1/s, s] and [1/e, e]); `scale` and `translate` are darknet's
+    jitter (zoom range; shift as a fraction of the image). `letterbox`: keep the aspect
+    ratio and pad (else plain resize, as YOLOv2). `multiscale` = [min, max] input sizes
+    (multiples of 32) drawn anew every `multiscale_every` batches, or [] = off."""
 
     spec: str = "configs/data/synthetic.yaml"
     batch_size: int = 16
@@ -54,15 +58,19 @@ class DataConfig:
     hflip: float = 0.5
     scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
     translate: float = 0.2
-    hue: float = 0.015
-    saturation: float = 0.7
-    value: float = 0.4
+    hue: float = 0.1
+    saturation: float = 1.5
+    exposure: float = 1.5
+    min_visibility: float = 0.3
+    letterbox: bool = False
     multiscale: list[int] = field(default_factory=list)
+    multiscale_every: int = 10
 
 
 @dataclass
 class LossConfig:
-    """YOLOv2 region-loss scales; `warmup_images` = seen images of prior-matching warm-up."""
+    """YOLOv2 region-loss scales; `warmup_images` = seen images of prior-matching warm-up;
+    `iou_thresh` < 1 also assigns a box to other anchors of its cell above that shape IoU."""
 
     coord_scale: float = 1.0
     object_scale: float = 5.0
@@ -73,6 +81,7 @@ class LossConfig:
     warmup_images: int = 12800
     prior_scale: float = 0.01
     objectness: str = "mse"
+    iou_thresh: float = 1.0
 
 
 @dataclass
@@ -162,9 +171,11 @@ _RULES: dict[str, _Rule] = {
     "data.scale": (_is_range, "[min, max] with 0 < min <= max"),
     "data.multiscale": ((lambda v: not v or _is_range(v, 32)), "[] or [min, max] multiples of 32"),
     "data.hue": ((lambda v: 0 <= v <= 0.5), "in [0, 0.5]"),
+    **dict.fromkeys(("data.saturation", "data.exposure"), ((lambda v: v >= 1), ">= 1")),
     "train.run_dir": ((lambda v: v != ""), "a non-empty path"),
     **dict.fromkeys(
         ("model.num_anchors", "data.batch_size", "data.max_boxes", "train.epochs")
+        + ("data.multiscale_every",)
         + ("eval.every", "eval.max_detections", "eval.batch_size"),
         ((lambda v: v >= 1), ">= 1"),
     ),
@@ -175,7 +186,8 @@ _RULES: dict[str, _Rule] = {
         ((lambda v: v >= 0), ">= 0"),
     ),
     **dict.fromkeys(
-        ("data.hflip", "data.translate", "data.saturation", "data.value", "loss.ignore_thresh")
+        ("data.hflip", "data.translate", "data.min_visibility", "loss.ignore_thresh")
+        + ("loss.iou_thresh",)
         + ("train.momentum", "train.final_lr_fraction", "eval.score_threshold", "eval.nms_iou"),
         ((lambda v: 0 <= v <= 1), "in [0, 1]"),
     ),

@@ -7,6 +7,7 @@ The one evaluation path: the ``BestCocoAP`` callback and ``evaluate.py`` both ca
 import contextlib
 import io
 import json
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -14,6 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.boxes import xyxy_to_xywh
+from detector.data.augment import to_image_pixels
 from detector.data.pipeline import make_eval_dataset
 from detector.data.records import Dataset
 from detector.io import atomic_write_text
@@ -104,17 +106,27 @@ def predict_results(
     max_detections: int = 100,
     predict_fn=None,
 ) -> list[dict]:
-    """Detections on every record, as COCO results in original pixels and dataset ids."""
+    """Detections on every record, as COCO results in original pixels and dataset ids.
+
+    Images are fed plainly resized or letterboxed as the model was trained (its head's
+    ``letterbox``), and boxes mapped back by the inverse."""
     predict = predict_fn or make_predict_fn(model, score_threshold, nms_iou, max_detections)
+    letterbox = head_metadata(model).letterbox
     category_ids = np.asarray(dataset.category_ids)
     results = []
-    for images, indices in make_eval_dataset(dataset.records, input_size, batch_size):
+    for images, indices in make_eval_dataset(dataset.records, input_size, batch_size, letterbox):
         boxes, scores, classes, valid = (t.numpy() for t in predict(images))
         for i, index in enumerate(indices.numpy()):
             record = dataset.records[index]
             n = valid[i]
-            scale = np.array([record.width, record.height] * 2, np.float64)
-            xywh = xyxy_to_xywh(np.clip(boxes[i, :n], 0.0, 1.0) * scale)
+            pixels = to_image_pixels(
+                np.clip(boxes[i, :n], 0.0, 1.0) * input_size,
+                record.height,
+                record.width,
+                input_size,
+                letterbox,
+            )
+            xywh = xyxy_to_xywh(pixels)
             for box, score, cls in zip(xywh, scores[i, :n], classes[i, :n], strict=False):
                 results.append({
                     "image_id": int(record.image_id),
@@ -126,10 +138,57 @@ def predict_results(
 
 
 def ground_truth(dataset: Dataset) -> COCO:
-    """The COCO ground truth of a dataset (its own annotation file)."""
-    if dataset.annotation_file is None:
-        raise ValueError("this dataset has no COCO annotation file to evaluate against")
-    return load_coco(dataset.annotation_file)
+    """The COCO ground truth of exactly the images and boxes of `dataset`.
+
+    COCO data: its own json (areas, crowd flags and ids as published), restricted to the
+    records the readers kept and the annotations they accepted. Other formats: built from
+    the records (area = box area, ignore regions as ``iscrowd=1``), with the dataset's
+    image and category ids.
+    """
+    if dataset.annotation_file is not None:
+        with open(dataset.annotation_file, encoding="utf-8") as f:
+            data = json.load(f)
+        kept = {r.image_id for r in dataset.records}
+        annotations = data.get("annotations") or []
+        if dataset.coco_keep is not None:
+            annotations = [annotations[i] for i in dataset.coco_keep]
+        data["images"] = [
+            im for im in data["images"] if isinstance(im, dict) and im.get("id") in kept
+        ]
+        data["annotations"] = [a for a in annotations if a["image_id"] in kept]
+    else:
+        data = records_to_coco(dataset)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def records_to_coco(dataset: Dataset) -> dict:
+    """A COCO ``instances`` dict of the records: boxes and ignore regions in pixels."""
+    images, annotations = [], []
+    for record in dataset.records:
+        images.append({"id": int(record.image_id), "width": int(record.width),
+                       "height": int(record.height),
+                       "file_name": os.path.basename(record.path)})  # fmt: skip
+        for boxes, classes, crowd in (
+            (record.boxes, record.classes, 0),
+            (record.ignore, np.zeros(len(record.ignore), np.int64), 1),
+        ):
+            for box, cls in zip(np.asarray(boxes, np.float64), classes, strict=True):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                annotations.append({
+                    "id": len(annotations) + 1,
+                    "image_id": int(record.image_id),
+                    "category_id": int(dataset.category_ids[int(cls)]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": crowd,
+                })  # fmt: skip
+    categories = [{"id": int(i), "name": n} for i, n in zip(dataset.category_ids, dataset.names,
+                                                            strict=True)]  # fmt: skip
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def evaluate_model(

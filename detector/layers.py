@@ -59,10 +59,15 @@ class YoloHead(keras.layers.Layer):
         input_size: int. Input side in pixels the model is evaluated at.
         category_ids: list of int or None. The dataset's own id of each class.
             Defaults to 1..C.
+        letterbox: bool. Whether images are letterboxed (else plainly resized) to the
+            input. Defaults to False.
     """
 
-    def __init__(self, anchors, class_names, input_size, category_ids=None, **kwargs):
+    def __init__(
+        self, anchors, class_names, input_size, category_ids=None, letterbox=False, **kwargs
+    ):
         super().__init__(**kwargs)
+        self.letterbox = bool(letterbox)
         self.anchors = [[float(w), float(h)] for w, h in anchors]
         self.class_names = [str(n) for n in class_names]
         self.input_size = int(input_size)
@@ -88,4 +93,5 @@ class YoloHead(keras.layers.Layer):
             "class_names": self.class_names,
             "input_size": self.input_size,
             "category_ids": self.category_ids,
+            "letterbox": self.letterbox,
         }

@@ -50,6 +50,7 @@ def build_inference_model(
     input_size: int = 416,
     class_names: list[str] | None = None,
     category_ids: list[int] | None = None,
+    letterbox: bool = False,
 ) -> keras.Model:
     """Builds the YOLOv2 inference network.
 
@@ -61,6 +62,7 @@ def build_inference_model(
         input_size: int. Evaluation input side, recorded in the model. Defaults to 416.
         class_names: list of str or None. Defaults to "class_0".. "class_{C-1}".
         category_ids: list of int or None. Dataset ids of the classes. Defaults to 1..C.
+        letterbox: bool. Recorded in the head: images are letterboxed to the input.
 
     Returns:
         A functional model: images (B, H, W, 3) float pixels in 0..255 (RGB, any H and W
@@ -93,7 +95,7 @@ def build_inference_model(
         x = conv_block(x, scaled_filters(1024, width), 3, index)
     outputs = len(anchors) * (5 + num_classes)
     x = keras.layers.Conv2D(outputs, 1, name=f"conv_{index + 1}")(x)
-    grid = YoloHead(anchors, names, input_size, category_ids, name="yolo_head")(x)
+    grid = YoloHead(anchors, names, input_size, category_ids, letterbox, name="yolo_head")(x)
     return keras.Model(images, grid, name=f"yolov2_{variant}")
 
 

@@ -6,27 +6,24 @@ import time
 import keras
 import numpy as np
 
-from detector.anchors import kmeans_anchors, mean_best_iou
+from detector.anchors import box_shapes, kmeans_anchors, mean_best_iou
 from detector.callbacks import BestCocoAP, LearningRateSchedule, MetricsCSV, TimeBudget
 from detector.config import Config, save_config
 from detector.data.augment import build_augmenter
 from detector.data.pipeline import make_train_dataset
-from detector.data.records import Dataset, drop_missing_images
+from detector.data.records import Dataset
 from detector.data.spec import load_dataset
 from detector.evaluation import STAT_NAMES, evaluate_model, format_metrics, ground_truth
 from detector.io import atomic_save
 from detector.loss import TERMS, YoloLoss, identity_loss
 from detector.model import build_inference_model, build_training_model
-from detector.targets import STRIDE
 
 
 def choose_anchors(cfg: Config, train: Dataset) -> list[list[float]]:
     """The configured anchors, or k-means clusters of the training boxes (grid cells)."""
     if cfg.model.anchors != "auto":
         return cfg.model.anchors
-    wh = np.concatenate(
-        [(r.boxes[:, 2:] - r.boxes[:, :2]) / [r.width, r.height] for r in train.records]
-    ) * (cfg.model.input_size / STRIDE)
+    wh = box_shapes(train.records, cfg.model.input_size, cfg.data.letterbox)
     anchors = kmeans_anchors(wh, cfg.model.num_anchors, seed=cfg.train.seed)
     print(f"anchors (k-means, grid cells): {np.round(anchors, 3).tolist()}, "
           f"mean best IoU {mean_best_iou(wh, anchors):.3f}")  # fmt: skip
@@ -71,10 +68,11 @@ def unique_run_dir(path: str) -> str:
 
 
 def report_problems(name: str, dataset: Dataset) -> None:
-    """Prints the data problems the reader counted, once, before training."""
-    if dataset.problems:
-        listed = ", ".join(f"{reason}: {n}" for reason, n in sorted(dataset.problems.items()))
-        print(f"data problems in {name} (handled): {listed}")
+    """Prints the data problems the readers and the image check counted, once, before
+    training; an empty split is an error."""
+    print(dataset.problems.report(f"{name} ({len(dataset.records)} images)"))
+    if not dataset.records:
+        raise ValueError(f"the {name} split has no usable image (see the problems above)")
 
 
 class SaveLast(keras.callbacks.Callback):
@@ -92,9 +90,7 @@ class SaveLast(keras.callbacks.Callback):
 def run(cfg: Config) -> dict:
     """Trains as configured; returns the COCO metrics of ``best.keras`` on the val split."""
     start = time.monotonic()
-    if cfg.data.multiscale:
-        raise ValueError("data.multiscale: multi-scale training is not available yet")
-    train = drop_missing_images(load_dataset(cfg.data.spec, "train"))
+    train = load_dataset(cfg.data.spec, "train")
     val = load_dataset(cfg.data.spec, "val")
     report_problems("train", train)
     report_problems("val", val)
@@ -109,7 +105,7 @@ def run(cfg: Config) -> dict:
 
     inference = build_inference_model(
         len(train.names), anchors, cfg.model.variant, cfg.model.width, cfg.model.input_size,
-        class_names=train.names, category_ids=train.category_ids,
+        class_names=train.names, category_ids=train.category_ids, letterbox=cfg.data.letterbox,
     )  # fmt: skip
     model = build_training_model(inference, make_loss(cfg, anchors, len(train.names)),
                                  cfg.data.max_boxes)  # fmt: skip
@@ -118,11 +114,14 @@ def run(cfg: Config) -> dict:
     d = cfg.data
 
     def make_augmenter():
-        return build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation, d.value)
+        return build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation,
+                               d.exposure, d.min_visibility)  # fmt: skip
 
     train_ds = make_train_dataset(
         train.records, cfg.model.input_size, anchors, d.batch_size, d.max_boxes,
         make_augmenter, seed=cfg.train.seed, parallel_calls=d.workers,  # -1 = AUTOTUNE
+        iou_thresh=cfg.loss.iou_thresh, letterbox=d.letterbox,
+        multiscale=tuple(d.multiscale) or None, multiscale_every=d.multiscale_every,
     )  # fmt: skip
     steps = len(train.records) // d.batch_size
     if steps == 0:

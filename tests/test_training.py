@@ -1,10 +1,6 @@
-import dataclasses
-
 import pytest
 
 from detector.config import load_config
-from detector.data.records import drop_missing_images
-from detector.data.spec import load_dataset
 from detector.model import build_inference_model
 from detector.training import make_optimizer, unique_run_dir
 
@@ -27,11 +23,3 @@ def test_unique_run_dir_never_reuses_a_used_folder(tmp_path):
     assert unique_run_dir(str(base)) == str(base)  # empty: free
     (base / "config.yaml").write_text("x")
     assert unique_run_dir(str(base)) == f"{base}-2"
-
-
-def test_missing_training_images_are_dropped_and_counted(tiny_spec, tmp_path):
-    train = load_dataset(str(tiny_spec), "train")
-    gone = dataclasses.replace(train.records[0], path=str(tmp_path / "gone.jpg"))
-    dataset = dataclasses.replace(train, records=[gone, *train.records[1:3]], problems={})
-    kept = drop_missing_images(dataset)
-    assert kept.records == train.records[1:3] and kept.problems == {"image_missing": 1}

@@ -1,8 +1,11 @@
 """Image decoding, bbox-aware training augmentation (albumentations) and the resize.
 
-Geometry: images are resized to (size, size) without letterboxing, as YOLOv2 does, so a
-box maps to the network input by x * size / width, y * size / height, and back by the
-inverse. Boxes are xyxy in pixels throughout (albumentations' "pascal_voc" format).
+Geometry: by default images are resized to (size, size) without keeping the aspect
+ratio, as YOLOv2 does, so a box maps to the network input by x * size / width,
+y * size / height; with ``letterbox`` both axes scale by size / max(width, height) and the
+rest is padded grey, centred (`letterbox_geometry`). Evaluation maps predictions back
+with the inverse (`to_image_pixels`). Boxes are xyxy in pixels throughout
+(albumentations' "pascal_voc" format).
 """
 
 import os
@@ -34,29 +37,31 @@ def build_augmenter(
     hflip: float = 0.5,
     scale: tuple[float, float] = (0.75, 1.25),
     translate: float = 0.2,
-    hue: float = 0.015,
-    saturation: float = 0.7,
-    value: float = 0.4,
+    hue: float = 0.1,
+    saturation: float = 1.5,
+    exposure: float = 1.5,
     min_visibility: float = 0.3,
 ) -> A.Compose:
-    """The training augmentation: flip, scale/translate jitter, HSV-like colour jitter.
+    """The training augmentation: flip, scale/translate jitter, HSV colour jitter.
 
-    Boxes go in and come out xyxy in pixels with a `classes` label field; boxes are clipped
-    to the image and dropped when less than `min_visibility` of their area stays inside.
+    The colour parameters mean what darknet's ``[net]`` options of the same name mean.
+    Boxes go in and come out xyxy in pixels with a `classes` label field; boxes are
+    clipped to the image and dropped when less than `min_visibility` of their area stays
+    inside (and, after the resize, when thinner than `MIN_BOX_SIDE`).
 
     Args:
         hflip: float. Probability of a horizontal flip. Defaults to 0.5.
         scale: (min, max). Zoom factor, one per image for both axes so shapes keep their
-            aspect ratio (a stretched circle would look like an ellipse). Defaults to
-            (0.75, 1.25).
+            aspect ratio. Defaults to (0.75, 1.25).
         translate: float. Shift up to this fraction of the width / height, per axis.
-            Defaults to 0.2. Uncovered pixels are grey (`FILL`).
-        hue: float. Hue shift up to +-`hue` of the full colour circle (darknet's `hue=.1`
-            is 0.1 here). Defaults to 0.015 (Ultralytics' hsv_h).
-        saturation: float. Saturation gain in [1 - s, 1 + s] (darknet's `saturation=1.5`,
-            a gain in [1/1.5, 1.5], is about 0.5 here). Defaults to 0.7 (Ultralytics' hsv_s).
-        value: float. Brightness gain in [1 - v, 1 + v] (darknet's `exposure`). Defaults to
-            0.4 (Ultralytics' hsv_v).
+            Defaults to 0.2. Uncovered pixels are grey (`FILL`). With `scale`, this is
+            darknet's ``jitter``.
+        hue: float. Hue shift up to +-`hue` of the colour circle (darknet ``hue``).
+            Defaults to 0.1.
+        saturation: float >= 1. Saturation gain in [1/s, s] (darknet ``saturation``).
+            Defaults to 1.5.
+        exposure: float >= 1. Brightness gain in [1/e, e] (darknet ``exposure``).
+            Defaults to 1.5.
         min_visibility: float. Fraction of a box's area that must stay in the image.
             Defaults to 0.3.
     """
@@ -72,9 +77,9 @@ def build_augmenter(
                 p=1.0,
             ),
             A.ColorJitter(
-                brightness=(1.0 - value, 1.0 + value),
+                brightness=(1.0 / exposure, exposure),
                 contrast=(1.0, 1.0),
-                saturation=(1.0 - saturation, 1.0 + saturation),
+                saturation=(1.0 / saturation, saturation),
                 hue=(-hue, hue),
                 p=1.0,
             ),
@@ -88,21 +93,52 @@ def build_augmenter(
     )
 
 
-def resize(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to (size, size) without keeping the aspect ratio, boxes along.
+def letterbox_geometry(height: int, width: int, size: int, letterbox: bool):
+    """How an image of (height, width) maps onto the (size, size) input.
+
+    Returns (gain_x, gain_y, pad_x, pad_y): input = image * gain + pad, per axis.
+    """
+    if not letterbox:
+        return size / width, size / height, 0.0, 0.0
+    gain = size / max(height, width)
+    new_w, new_h = round(width * gain), round(height * gain)
+    return gain, gain, (size - new_w) // 2, (size - new_h) // 2
+
+
+def to_image_pixels(boxes: np.ndarray, height: int, width: int, size: int, letterbox: bool):
+    """Inverse of the input mapping: xyxy in input pixels -> xyxy in image pixels, clipped."""
+    gx, gy, px, py = letterbox_geometry(height, width, size, letterbox)
+    out = (np.asarray(boxes, np.float64) - [px, py, px, py]) / [gx, gy, gx, gy]
+    return np.clip(out, 0.0, [width, height, width, height])
+
+
+def resize(
+    image: np.ndarray, boxes: np.ndarray, size: int, letterbox: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to (size, size), plainly or letterboxed, boxes along.
 
     Args:
         image: uint8 (H, W, 3).
         boxes: (N, 4) xyxy in pixels of `image`.
         size: int. Output side, pixels.
+        letterbox: bool. Keep the aspect ratio and pad with `FILL`. Defaults to False.
 
     Returns:
         image uint8 (size, size, 3); boxes float32 (N, 4) xyxy in pixels of the output.
     """
     height, width = image.shape[:2]
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    gain = np.array([size / width, size / height] * 2, np.float32)
-    return resized, np.asarray(boxes, np.float32).reshape(-1, 4) * gain
+    gx, gy, px, py = letterbox_geometry(height, width, size, letterbox)
+    if letterbox:
+        new_w, new_h = round(width * gx), round(height * gy)
+        canvas = np.full((size, size, 3), FILL, np.uint8)
+        canvas[py : py + new_h, px : px + new_w] = cv2.resize(
+            image, (new_w, new_h), interpolation=cv2.INTER_LINEAR
+        )
+        resized = canvas
+    else:
+        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([gx, gy, gx, gy], np.float32)
+    return resized, boxes + np.array([px, py, px, py], np.float32)
 
 
 def prepare_example(
@@ -110,6 +146,7 @@ def prepare_example(
     size: int,
     augmenter: A.Compose | None,
     rng: np.random.Generator,
+    letterbox: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training (or plain, when `augmenter` is None) example: read, augment, resize.
 
@@ -122,17 +159,15 @@ def prepare_example(
         image, each side >= MIN_BOX_SIDE; classes int32 (N,).
     """
     image = read_image(record.path)
-    if image.shape[:2] != (record.height, record.width):
-        raise ValueError(
-            f"{record.path}: image is {image.shape[0]}x{image.shape[1]} pixels but its "
-            f"annotations say {record.height}x{record.width}"
-        )
     boxes, classes = record.boxes, record.classes
+    if image.shape[:2] != (record.height, record.width):  # counted by the image check
+        gain = np.array([image.shape[1] / record.width, image.shape[0] / record.height] * 2)
+        boxes = (boxes * gain).astype(np.float32)
     if augmenter is not None:
         augmenter.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         out = augmenter(image=image, bboxes=boxes, classes=classes)
         image, boxes, classes = out["image"], out["bboxes"], out["classes"]
-    image, boxes = resize(image, boxes, size)
+    image, boxes = resize(image, boxes, size, letterbox)
     boxes = np.clip(boxes, 0.0, size)  # float rounding of the resize gain may overshoot
     classes = np.asarray(classes, np.int32).reshape(-1)
     keep = np.all(boxes[:, 2:] - boxes[:, :2] >= MIN_BOX_SIDE, axis=1)

@@ -1,22 +1,23 @@
 """COCO `instances` json -> `Dataset`.
 
 Only the json is read (image sizes come from its `images` entries; no image is opened).
-Category ids, sorted ascending, map to contiguous class indices 0..C-1. Policy for bad
-annotations (each counted in `Dataset.problems` under the first reason that applies):
-unknown image or category id -> dropped; non-finite or w <= 0 or h <= 0 -> dropped;
-partly outside the image -> clipped; wholly outside -> dropped. `iscrowd=1` annotations
-become the record's ignore regions. Images without annotations are kept as negatives.
+Category ids, sorted ascending, map to contiguous class indices 0..C-1. A json that does
+not parse, or whose `categories` are unusable, is an error naming the file; otherwise the
+policy of `detector.data.policy` applies: a malformed `images` or `annotations` entry is
+skipped (`annotation_malformed`), an annotation of an unknown image id is dropped, and
+boxes go through `clean_boxes`. `iscrowd=1` annotations become the record's ignore
+regions. Images without annotations are kept as negatives.
 """
 
 import json
 import os
-from collections import Counter
+from numbers import Real
 from typing import Any
 
 import numpy as np
 
-from detector.data.records import Dataset, Record
-
+from detector.data.policy import clean_boxes, group
+from detector.data.records import Dataset, Problems, Record
 
 def read_coco(annotation_file: str, images_dir: str) -> Dataset:
     """Read a COCO json into a `Dataset`.
@@ -27,24 +28,33 @@ def read_coco(annotation_file: str, images_dir: str) -> Dataset:
         images_dir: str. Folder that each image's `file_name` is relative to.
 
     Returns:
-        Dataset with one record per json image, in json order; boxes xyxy in pixels.
+        Dataset with one record per valid json image, in json order; boxes xyxy in pixels.
     """
     annotation_file = os.path.abspath(annotation_file)
     data = _load_json(annotation_file)
+    problems = Problems()
     category_ids, names = _categories(data, annotation_file)
-    image_ids, heights, widths, file_names = _images(data, annotation_file)
-    ann_image, ann_category, bbox, crowd = _annotations(data, annotation_file)
+    image_ids, heights, widths, file_names = _images(data, annotation_file, problems)
+    index, ann_image, ann_category, bbox, crowd = _annotations(data, annotation_file, problems)
 
     img_idx, known_image = _lookup(image_ids, ann_image)
+    for i in np.flatnonzero(~known_image)[:3]:
+        problems.add("annotation_unknown_image", f"{annotation_file}: annotations[{index[i]}]: "
+                     f"image_id {ann_image[i]}")  # fmt: skip
+    problems.add("annotation_unknown_image", None, max(0, int((~known_image).sum()) - 3))
+    index, img_idx, ann_category = index[known_image], img_idx[known_image], ann_category[known_image]
+    bbox, crowd = bbox[known_image], crowd[known_image]
     cls, known_category = _lookup(np.asarray(category_ids, np.int64), ann_category)
     limits = np.stack([widths, heights, widths, heights], axis=1)[img_idx]
-    keep, clipped, problems = _clean(bbox, limits, known_image, known_category)
+    xyxy = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
+    where = _Where(annotation_file, index, [file_names[i] for i in img_idx])
+    keep, clipped = clean_boxes(xyxy, known_category, limits, problems, where)
 
     objects, ignores = keep & ~crowd, keep & crowd
     num_images = len(image_ids)
-    boxes = _group(img_idx[objects], clipped[objects].astype(np.float32), num_images)
-    classes = _group(img_idx[objects], cls[objects].astype(np.int32), num_images)
-    ignore = _group(img_idx[ignores], clipped[ignores].astype(np.float32), num_images)
+    boxes = group(img_idx[objects], clipped[objects].astype(np.float32), num_images)
+    classes = group(img_idx[objects], cls[objects].astype(np.int32), num_images)
+    ignore = group(img_idx[ignores], clipped[ignores].astype(np.float32), num_images)
     images_dir = os.path.abspath(images_dir)
     records = [
         Record(
@@ -58,13 +68,25 @@ def read_coco(annotation_file: str, images_dir: str) -> Dataset:
         )
         for i in range(num_images)
     ]
+    total = len(data.get("annotations") or [])
     return Dataset(
         records=records,
         names=names,
         category_ids=category_ids,
         annotation_file=annotation_file,
         problems=problems,
+        coco_keep=None if int(keep.sum()) == total else np.sort(index[keep]),
     )
+
+
+class _Where:
+    """Lazy per-box labels for problem examples: "json: annotations[i] (file)"."""
+
+    def __init__(self, path: str, index: np.ndarray, files: list[str]):
+        self.path, self.index, self.files = path, index, files
+
+    def __getitem__(self, i: int) -> str:
+        return f"{self.path}: annotations[{self.index[i]}] ({self.files[i]})"
 
 
 def _load_json(path: str) -> dict[str, Any]:
@@ -74,121 +96,104 @@ def _load_json(path: str) -> dict[str, Any]:
             data = json.load(f)
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object at the top level")
     return data
 
 
-def _section(data: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
-    """`data[key]`, a non-empty list; a missing or empty `annotations` list means no objects."""
-    if key not in data and key == "annotations":
-        return []
-    if not isinstance(data.get(key), list):
-        raise ValueError(f"{path}: {key}: expected a list")
-    if not data[key] and key != "annotations":
-        raise ValueError(f"{path}: {key}: empty")
-    return data[key]
-
-
-def _column(items: list[dict[str, Any]], key: str, section: str, path: str) -> list[Any]:
-    """`[item[key] for item in items]`, naming the first item that lacks the key."""
-    try:
-        return [item[key] for item in items]
-    except (KeyError, TypeError):
-        bad = next(i for i, it in enumerate(items) if not isinstance(it, dict) or key not in it)
-        raise ValueError(f"{path}: {section}[{bad}]: missing key '{key}'") from None
-
-
 def _categories(data: dict[str, Any], path: str) -> tuple[list[int], list[str]]:
     """Category ids sorted ascending, and their names in the same order."""
-    cats = _section(data, "categories", path)
-    ids = [int(i) for i in _column(cats, "id", "categories", path)]
-    names = [str(n) for n in _column(cats, "name", "categories", path)]
+    cats = data.get("categories")
+    if not isinstance(cats, list) or not cats:
+        raise ValueError(f"{path}: categories: expected a non-empty list")
+    ids, names = [], []
+    for i, cat in enumerate(cats):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
+            raise ValueError(f"{path}: categories[{i}]: expected {{id: int, name: str}}")
+        ids.append(int(cat["id"]))
+        names.append(str(cat["name"]))
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: categories: duplicate category id")
     order = np.argsort(ids, kind="stable")
     return [ids[i] for i in order], [names[i] for i in order]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
 def _images(
-    data: dict[str, Any], path: str
+    data: dict[str, Any], path: str, problems: Problems
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Image ids (I,) int64, heights (I,) and widths (I,) float64 pixels, file names."""
-    images = _section(data, "images", path)
-    ids = np.asarray(_column(images, "id", "images", path), np.int64)
-    heights = np.asarray(_column(images, "height", "images", path), np.float64)
-    widths = np.asarray(_column(images, "width", "images", path), np.float64)
-    names = [str(n) for n in _column(images, "file_name", "images", path)]
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError(f"{path}: images: duplicate image id")
-    bad = np.flatnonzero(~((heights > 0) & (widths > 0)))
-    if len(bad):
-        raise ValueError(f"{path}: images[{bad[0]}]: width and height must be > 0")
-    return ids, heights, widths, names
+    """Image ids (I,) int64, heights (I,) and widths (I,) float64 pixels, file names.
+
+    Entries without an int id, a file name and positive width and height are skipped;
+    a repeated id keeps its first entry.
+    """
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise ValueError(f"{path}: images: expected a list")
+    ids, heights, widths, names, seen = [], [], [], [], set()
+    for i, image in enumerate(images):
+        ok = (
+            isinstance(image, dict)
+            and _is_int(image.get("id"))
+            and isinstance(image.get("file_name"), str)
+            and all(_is_number(image.get(k)) and image[k] > 0 for k in ("width", "height"))
+            and image["id"] not in seen
+        )
+        if not ok:
+            problems.add("annotation_malformed", f"{path}: images[{i}]: {str(image)[:80]}")
+            continue
+        seen.add(image["id"])
+        ids.append(image["id"])
+        heights.append(image["height"])
+        widths.append(image["width"])
+        names.append(image["file_name"])
+    return (np.asarray(ids, np.int64), np.asarray(heights, np.float64),
+            np.asarray(widths, np.float64), names)  # fmt: skip
 
 
-def _annotations(
-    data: dict[str, Any], path: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Image ids (N,), category ids (N,), bbox (N, 4) float64 xywh pixels, iscrowd (N,) bool."""
-    anns = _section(data, "annotations", path)
-    image_id = np.asarray(_column(anns, "image_id", "annotations", path), np.int64)
-    category_id = np.asarray(_column(anns, "category_id", "annotations", path), np.int64)
-    bbox = _column(anns, "bbox", "annotations", path)
-    crowd = np.asarray([a.get("iscrowd", 0) for a in anns], bool)
-    try:
-        xywh = np.asarray(bbox, np.float64).reshape(len(anns), 4)
-    except (ValueError, TypeError):
-        bad = next(i for i, b in enumerate(bbox) if not isinstance(b, list) or len(b) != 4)
-        raise ValueError(f"{path}: annotations[{bad}].bbox: expected [x, y, w, h]") from None
-    return image_id, category_id, xywh, crowd
+def _annotations(data: dict[str, Any], path: str, problems: Problems):
+    """The well-formed annotations: json index (N,), image id (N,), category id (N,),
+    bbox (N, 4) float64 xywh pixels, iscrowd (N,) bool. Others are counted and skipped."""
+    anns = data.get("annotations") or []
+    if not isinstance(anns, list):
+        raise ValueError(f"{path}: annotations: expected a list")
+    rows = []
+    for i, ann in enumerate(anns):
+        bbox = ann.get("bbox") if isinstance(ann, dict) else None
+        ok = (
+            isinstance(ann, dict)
+            and _is_int(ann.get("image_id"))
+            and _is_int(ann.get("category_id"))
+            and isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(_is_number(v) for v in bbox)
+        )
+        if not ok:
+            problems.add("annotation_malformed", f"{path}: annotations[{i}]: {str(ann)[:80]}")
+            continue
+        rows.append((i, ann["image_id"], ann["category_id"], bbox, bool(ann.get("iscrowd", 0))))
+    return (
+        np.asarray([r[0] for r in rows], np.int64),
+        np.asarray([r[1] for r in rows], np.int64),
+        np.asarray([r[2] for r in rows], np.int64),
+        np.asarray([r[3] for r in rows], np.float64).reshape(-1, 4),
+        np.asarray([r[4] for r in rows], bool),
+    )
 
 
 def _lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Position of each key in `table` (unique values), and whether it was found at all."""
+    if len(table) == 0:
+        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
     order = np.argsort(table, kind="stable")
     index = order[np.searchsorted(table[order], keys).clip(0, len(table) - 1)]
     return index, table[index] == keys
-
-
-def _clean(
-    xywh: np.ndarray, limits: np.ndarray, known_image: np.ndarray, known_category: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Apply the drop / clip policy of the module docstring to every annotation.
-
-    Args:
-        xywh: float64 (N, 4). COCO boxes, pixels.
-        limits: float64 (N, 4). (width, height, width, height) of each box's image.
-        known_image / known_category: bool (N,). Whether the box's image / category id
-            exists in the json.
-
-    Returns:
-        keep bool (N,); boxes float64 (N, 4) xyxy pixels clipped to the image; the counts
-        of each reason that occurred.
-    """
-    problems: Counter[str] = Counter()
-    keep = _drop(np.ones(len(xywh), bool), ~known_image, "annotation_unknown_image", problems)
-    keep = _drop(keep, ~known_category, "annotation_unknown_category", problems)
-    keep = _drop(keep, ~np.isfinite(xywh).all(axis=1), "box_not_finite", problems)
-    keep = _drop(keep, (xywh[:, 2] <= 0) | (xywh[:, 3] <= 0), "box_zero_size", problems)
-    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-    clipped = np.clip(xyxy, 0.0, limits)
-    empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
-    keep = _drop(keep, empty, "box_outside_image", problems)
-    problems["box_clipped"] += int(((clipped != xyxy).any(axis=1) & keep).sum())
-    return keep, clipped, {k: v for k, v in problems.items() if v}
-
-
-def _drop(keep: np.ndarray, bad: np.ndarray, reason: str, problems: Counter[str]) -> np.ndarray:
-    """`keep` without the `bad` entries, counting the newly dropped ones under `reason`."""
-    problems[reason] += int((keep & bad).sum())
-    return keep & ~bad
-
-
-def _group(image_index: np.ndarray, values: np.ndarray, num_images: int) -> list[np.ndarray]:
-    """Split `values` (N, ...) into one array per image 0..num_images-1 (empty if none)."""
-    order = np.argsort(image_index, kind="stable")
-    bounds = np.cumsum(np.bincount(image_index, minlength=num_images))[:-1]
-    return np.split(values[order], bounds)

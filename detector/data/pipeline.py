@@ -12,6 +12,14 @@ from detector.data.records import Record
 from detector.targets import STRIDE, encode_targets
 
 
+def multiscale_sizes(
+    low: int, high: int, count: int, seed: int = 0, step: int = STRIDE
+) -> np.ndarray:
+    """`count` input sizes drawn uniformly from low, low + 32, ..., high (seeded)."""
+    choices = np.arange(low, high + 1, step)
+    return np.random.default_rng(seed).choice(choices, size=count).astype(np.int64)
+
+
 def make_train_dataset(
     records: list[Record],
     input_size: int,
@@ -21,18 +29,32 @@ def make_train_dataset(
     make_augmenter: Callable[[], A.Compose] | None = None,
     seed: int = 0,
     parallel_calls: int = tf.data.AUTOTUNE,
+    iou_thresh: float = 1.0,
+    letterbox: bool = False,
+    multiscale: tuple[int, int] | None = None,
+    multiscale_every: int = 10,
 ) -> tf.data.Dataset:
-    """Shuffled, augmented, encoded training batches, repeated per epoch by ``fit``.
+    """Shuffled, augmented, encoded training batches, endlessly (``fit`` counts the steps).
 
     Yields ``((images, y_true, true_boxes), dummy)``: images (B, S, S, 3) float32 pixels
     0..255, y_true (B, S/32, S/32, A, 6), true_boxes (B, max_boxes, 4), dummy (B,) zeros.
-    Incomplete last batches are dropped so every step sees ``batch_size`` images.
+    Each pass over the records is reshuffled; batches are always full.
     ``make_augmenter`` builds one augmenter per loading thread: an albumentations
     ``Compose`` keeps per-call state, so threads must not share one.
+    ``iou_thresh``: extra anchor matches, see ``detector.targets.encode_targets``.
+    ``multiscale`` = (min, max): YOLOv2's multi-scale training; every ``multiscale_every``
+    batches get a new side S drawn from min..max in steps of 32 (seeded); all images of a
+    batch share it. Without it every batch is ``input_size``.
     """
     anchors = np.asarray(anchors, np.float32)
-    grid = input_size // STRIDE
     local = threading.local()
+    if multiscale:
+        sizes = multiscale_sizes(multiscale[0], multiscale[1], 100_000, seed)
+    else:
+        sizes = np.array([input_size], np.int64)
+    size_table = tf.constant(sizes)
+    fixed = None if multiscale else input_size
+    grid = None if multiscale else input_size // STRIDE
 
     def augmenter():
         if make_augmenter is None:
@@ -41,37 +63,44 @@ def make_train_dataset(
             local.augmenter = make_augmenter()
         return local.augmenter
 
-    def load(index):
+    def load(index, size):
         rng = np.random.default_rng()
         record = records[int(index)]
-        image, boxes, classes = prepare_example(record, input_size, augmenter(), rng)
+        size = int(size)
+        image, boxes, classes = prepare_example(record, size, augmenter(), rng, letterbox)
         y_true, true_boxes = encode_targets(
-            boxes, classes, (input_size, input_size), anchors, max_boxes
+            boxes, classes, (size, size), anchors, max_boxes, iou_thresh
         )
         return image, y_true, true_boxes
 
-    def load_tf(index):
+    def load_tf(position, index):
+        step = position // batch_size // multiscale_every
+        size = size_table[step % len(sizes)] if multiscale else tf.constant(input_size, tf.int64)
         image, y_true, true_boxes = tf.numpy_function(
-            load, [index], (tf.uint8, tf.float32, tf.float32), stateful=True
+            load, [index, size], (tf.uint8, tf.float32, tf.float32), stateful=True
         )
-        image.set_shape((input_size, input_size, 3))
+        image.set_shape((fixed, fixed, 3))
         y_true.set_shape((grid, grid, len(anchors), 6))
         true_boxes.set_shape((max_boxes, 4))
         inputs = (tf.cast(image, tf.float32), y_true, true_boxes)
         return inputs, tf.zeros((), tf.float32)
 
     ds = tf.data.Dataset.range(len(records))
-    ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load_tf, num_parallel_calls=parallel_calls, deterministic=False)
+    ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate()
+    # With multi-scale, batches must be formed in order so no batch mixes two sizes.
+    ds = ds.map(load_tf, num_parallel_calls=parallel_calls, deterministic=bool(multiscale))
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(records: list[Record], input_size: int, batch_size: int) -> tf.data.Dataset:
+def make_eval_dataset(
+    records: list[Record], input_size: int, batch_size: int, letterbox: bool = False
+) -> tf.data.Dataset:
     """Evaluation batches in record order: (images (B, S, S, 3) float32 0..255, indices (B,))."""
 
     def load(index):
         image = read_image(records[int(index)].path)
-        resized, _ = resize(image, np.zeros((0, 4), np.float32), input_size)
+        resized, _ = resize(image, np.zeros((0, 4), np.float32), input_size, letterbox)
         return resized
 
     def load_tf(index):

@@ -4,10 +4,77 @@ Units: every box here is `xyxy` in pixels of the *original* image, continuous co
 (a box covering pixel columns 3..5 inclusive is x1=3, x2=6), as in COCO.
 """
 
-import os
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
+
+# What a reader or the image check may count, and what happened to the thing counted.
+# Every reader uses these names (see `detector.data.policy`).
+PROBLEM_REASONS = {
+    "image_missing": "image file not found: image skipped",
+    "image_not_an_image": "file is not an image (unknown signature): image skipped",
+    "image_unreadable": "image file that cannot be decoded: image skipped",
+    "image_truncated": "truncated image file: image skipped",
+    "image_grayscale": "grayscale image: converted to RGB, kept",
+    "image_rgba": "image with alpha channel: converted to RGB, kept",
+    "image_16bit": "16-bit image: converted to 8-bit, kept",
+    "image_size_mismatch": "image size differs from its annotation: boxes rescaled, kept",
+    "annotation_malformed": "malformed annotation entry, line or file: skipped",
+    "annotation_unknown_image": "annotation of an image id that does not exist: dropped",
+    "class_unknown": "unknown class name, category id or class index: box dropped",
+    "box_not_finite": "box coordinate NaN or infinite: box dropped",
+    "box_zero_size": "box with zero or negative width or height: box dropped",
+    "box_outside_image": "box wholly outside its image: box dropped",
+    "box_clipped": "box partly outside its image: clipped, kept",
+}
+MAX_EXAMPLES = 3
+
+
+class Problems(Counter):
+    """Counts of data problems by reason (see `PROBLEM_REASONS`), with a few examples.
+
+    A `Counter`, so it compares equal to a plain dict of the counts; `examples` maps a
+    reason to up to `MAX_EXAMPLES` short descriptions ("file: detail").
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.examples: dict[str, list[str]] = {}
+
+    def add(self, reason: str, example: str | None = None, count: int = 1) -> None:
+        """Count `count` occurrences of `reason`; remember `example` while there is room."""
+        if reason not in PROBLEM_REASONS:
+            raise KeyError(f"unknown problem reason {reason!r}")
+        if count <= 0:
+            return
+        self[reason] += count
+        if example is not None:
+            shown = self.examples.setdefault(reason, [])
+            if len(shown) < MAX_EXAMPLES:
+                shown.append(example)
+
+    def merge(self, other: "Counter") -> "Problems":
+        """Adds `other`'s counts and examples to this one; returns self."""
+        for reason, count in other.items():
+            self.add(reason, None, count)
+            shown = self.examples.setdefault(reason, [])
+            for example in getattr(other, "examples", {}).get(reason, []):
+                if len(shown) < MAX_EXAMPLES:
+                    shown.append(example)
+        return self
+
+    def report(self, name: str) -> str:
+        """Human-readable lines, one per reason, with its meaning and examples."""
+        if not self:
+            return f"{name}: no data problems"
+        lines = [f"{name}: data problems (handled, nothing else was lost):"]
+        for reason in PROBLEM_REASONS:
+            if self[reason]:
+                lines.append(f"  {reason:<26} {self[reason]:>7}  {PROBLEM_REASONS[reason]}")
+                for example in self.examples.get(reason, []):
+                    lines.append(f"      e.g. {example}")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: field-wise == on numpy arrays is ambiguous
@@ -42,26 +109,16 @@ class Dataset:
         names: list[str]. Class names; index = contiguous class index.
         category_ids: list[int]. Contiguous class index -> the dataset's own category id.
         annotation_file: str | None. COCO json to evaluate against, when the format has one.
-        problems: dict[str, int]. Counts of dropped / clipped things by reason,
-            e.g. {"box_zero_size": 3}; reasons with a zero count are absent.
+        problems: Problems. Counts of dropped / clipped / converted things by reason,
+            e.g. {"box_zero_size": 3}, with examples; reasons with a zero count are absent.
+        coco_keep: int array | None. For COCO data: the indices of the json's
+            `annotations` that survived the reader's checks, so evaluation scores against
+            exactly those; None when every annotation was kept or there is no json.
     """
 
     records: list[Record]
     names: list[str]
     category_ids: list[int]
     annotation_file: str | None
-    problems: dict[str, int]
-
-
-def drop_missing_images(dataset: Dataset) -> Dataset:
-    """Return `dataset` without the records whose image file does not exist.
-
-    Only checks existence (no decoding), so it is cheap enough to run once before training;
-    the dropped records are counted under `problems["image_missing"]`.
-    """
-    kept = [r for r in dataset.records if os.path.isfile(r.path)]
-    problems = dict(dataset.problems)
-    missing = len(dataset.records) - len(kept)
-    if missing:
-        problems["image_missing"] = problems.get("image_missing", 0) + missing
-    return replace(dataset, records=kept, problems=problems)
+    problems: Problems = field(default_factory=Problems)
+    coco_keep: np.ndarray | None = None

@@ -3,10 +3,20 @@
 A spec names the format and, per split, where the data is; relative paths are resolved
 against the spec file's folder:
 
-    format: coco                 # coco | synthetic
+    format: coco                 # coco | voc | yolo | synthetic
     names: [cat, dog]            # optional; overrides the annotation file's names
     train: {images: images/train, annotations: annotations/train.json}
     val: {images: images/val, annotations: annotations/val.json}
+
+Per format, a split is `{images: DIR, annotations: FILE.json}` (coco),
+`{images: DIR, annotations: DIR_OF_XML}` (voc) or `{images: DIR, labels: DIR_OF_TXT}`
+(yolo). `names:` is optional for coco (the json has them) and voc (default: every object
+name found in the spec's xml folders, sorted), and required for yolo, either as a list
+or as the path of an Ultralytics dataset YAML whose `names:` is a list or an
+`{index: name}` map.
+
+`load_dataset` opens every image once (`detector.data.policy.check_images`) unless told
+not to, so that unusable images are counted and dropped before training starts.
 
 `format: synthetic` is COCO data that `detector.data.synthetic` generates on first use into
 the paths given, from an extra mapping (defaults shown):
@@ -25,8 +35,11 @@ from typing import Any
 import yaml
 
 from detector.data.coco import read_coco
+from detector.data.policy import check_images as check_dataset_images
 from detector.data.records import Dataset
 from detector.data.synthetic import MIN_IMAGE_SIZE, SHAPES, Style, write_split
+from detector.data.voc import read_voc, voc_class_names
+from detector.data.yolo import read_yolo
 
 SPLITS = ("train", "val")
 SPEC_KEYS = ("format", "names", "synthetic", *SPLITS)
@@ -60,6 +73,9 @@ def load_spec(path: str) -> dict[str, Any]:
         got = "missing" if fmt is None else f"unknown format {fmt!r}"
         raise ValueError(f"{path}: format: {got}; expected one of {sorted(READERS)}")
     spec: dict[str, Any] = {"path": path, "format": fmt, "names": _names(raw, path)}
+    if fmt == "yolo" and spec["names"] is None:
+        raise ValueError(f"{path}: names: required for format yolo (a list, or the path of "
+                         "a dataset YAML with names:)")  # fmt: skip
     splits = [s for s in SPLITS if s in raw]
     if not splits:
         raise ValueError(f"{path}: train: missing (a spec needs train: and/or val:)")
@@ -72,17 +88,26 @@ def load_spec(path: str) -> dict[str, Any]:
     return spec
 
 
-def load_dataset(spec_path: str, split: str) -> Dataset:
+def load_dataset(spec_path: str, split: str, check_images: bool = True) -> Dataset:
     """The records of one split of the dataset a spec describes.
 
     Args:
         spec_path: str. Dataset spec YAML.
         split: str. "train" or "val".
+        check_images: bool. Open every image once and drop the unusable ones (counted in
+            `problems`). Defaults to True.
     """
     spec = _load_split(spec_path, split)
     dataset = READERS[spec["format"]](spec, split)
+    if check_images:
+        dataset = check_dataset_images(dataset)
+    return _with_names(dataset, spec, split)
+
+
+def _with_names(dataset: Dataset, spec: dict[str, Any], split: str) -> Dataset:
+    """COCO data whose spec gives `names:` gets those instead of the json's."""
     names = spec["names"]
-    if names is not None:
+    if names is not None and spec["format"] in ("coco", "synthetic"):
         if len(names) != len(dataset.names):
             raise ValueError(
                 f"{spec['path']}: names: {len(names)} names given but "
@@ -92,12 +117,16 @@ def load_dataset(spec_path: str, split: str) -> Dataset:
     return dataset
 
 
-def load_annotations(spec_path: str, split: str) -> str:
-    """Absolute path of a split's COCO json, to score detections against (no image needed)."""
+def load_annotations(spec_path: str, split: str) -> Dataset:
+    """The split's annotations, to score detections against: like `load_dataset` without
+    opening any image; COCO data needs only its json (the images folder may be absent)."""
     spec = _load_split(spec_path, split)
     if spec["format"] == "synthetic":
         _make_synthetic_split(spec, split)
-    return _annotation_file(spec, split)
+    if spec["format"] in ("coco", "synthetic"):
+        dataset = read_coco(_annotation_file(spec, split), spec[split]["images"])
+        return _with_names(dataset, spec, split)
+    return load_dataset(spec_path, split, check_images=False)
 
 
 def _load_split(spec_path: str, split: str) -> dict[str, Any]:
@@ -124,6 +153,34 @@ def _read_coco(spec: dict[str, Any], split: str) -> Dataset:
     if not os.path.isdir(images):
         raise ValueError(f"{spec['path']}: {split}.images: folder not found: {images}")
     return read_coco(annotations, images)
+
+
+def _folder(spec: dict[str, Any], split: str, key: str) -> str:
+    """The split's `key` folder, which must exist."""
+    path = spec[split][key]
+    if not os.path.isdir(path):
+        raise ValueError(f"{spec['path']}: {split}.{key}: folder not found: {path}")
+    return path
+
+
+def _read_voc(spec: dict[str, Any], split: str) -> Dataset:
+    """VOC reader on a checked split; class names from the spec or from every xml."""
+    images, annotations = _folder(spec, split, "images"), _folder(spec, split, "annotations")
+    names = spec["names"]
+    if names is None:
+        folders = [spec[s]["annotations"] for s in SPLITS if s in spec]
+        names = voc_class_names([f for f in folders if os.path.isdir(f)])
+        if not names:
+            raise ValueError(f"{spec['path']}: names: none given and no object in the xml files")
+    return read_voc(images, annotations, names)
+
+
+def _read_yolo(spec: dict[str, Any], split: str) -> Dataset:
+    """YOLO txt reader on a checked split (`names` is required for this format)."""
+    images, labels = _folder(spec, split, "images"), spec[split]["labels"]
+    if not os.path.isdir(labels):
+        raise ValueError(f"{spec['path']}: {split}.labels: folder not found: {labels}")
+    return read_yolo(images, labels, spec["names"])
 
 
 def _read_synthetic(spec: dict[str, Any], split: str) -> Dataset:
@@ -158,25 +215,28 @@ def _make_synthetic_split(spec: dict[str, Any], split: str) -> None:
         )
 
 
-# One reader per format, and the keys each split of that format needs. Pascal VOC xml and
-# YOLO txt readers plug in here.
+# One reader per format, and the keys each split of that format needs.
 READERS: dict[str, Callable[[dict[str, Any], str], Dataset]] = {
     "coco": _read_coco,
+    "voc": _read_voc,
+    "yolo": _read_yolo,
     "synthetic": _read_synthetic,
 }
 SPLIT_KEYS: dict[str, tuple[str, ...]] = {
     "coco": ("images", "annotations"),
+    "voc": ("images", "annotations"),
+    "yolo": ("images", "labels"),
     "synthetic": ("images", "annotations"),
 }
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
-    """The spec's top-level mapping, with errors that name the file."""
+def _read_yaml(path: str, what: str = "dataset spec") -> dict[str, Any]:
+    """The YAML file's top-level mapping, with errors that name the file."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ValueError(f"{path}: dataset spec not found") from None
+        raise ValueError(f"{path}: {what} not found") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     return _mapping(raw, path, "")
@@ -200,12 +260,27 @@ def _reject_unknown(raw: dict[str, Any], valid: tuple[str, ...], path: str, pref
 
 
 def _names(raw: dict[str, Any], path: str) -> list[str] | None:
-    """The optional `names:` list of class names."""
+    """The optional `names:`: a list of class names, or the path of a YAML holding one
+    (Ultralytics' dataset YAML: `names:` as a list or an `{index: name}` map)."""
     names = raw.get("names")
     if names is None:
         return None
+    where = "names"
+    if isinstance(names, str):
+        names_file = os.path.normpath(os.path.join(os.path.dirname(path), names))
+        if not os.path.isfile(names_file):
+            raise ValueError(f"{path}: names: names file not found: {names_file}")
+        names = _read_yaml(names_file, "names file").get("names")
+        path, where = names_file, "names"
+        if isinstance(names, dict):
+            keys = sorted(names) if all(isinstance(k, int) for k in names) else None
+            if keys != list(range(len(names))):
+                raise ValueError(f"{path}: names: map keys must be the indices 0..{len(names) - 1}")
+            names = [names[k] for k in keys]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: names: expected a non-empty list of class names, got {names!r}")
+        raise ValueError(f"{path}: {where}: expected a non-empty list of class names, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: {where}: duplicate class names in {names!r}")
     return names
 
 

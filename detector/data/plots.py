@@ -1,0 +1,92 @@
+"""PNG plots of a dataset (``python -m detector.data check --plots DIR``)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from detector.anchors import STRIDE, box_shapes, kmeans_anchors, mean_best_iou  # noqa: E402
+from detector.data.records import Dataset  # noqa: E402
+
+
+def plot_class_histogram(datasets: dict[str, Dataset], path: str) -> str:
+    """Boxes per class, one bar group per split."""
+    names = next(iter(datasets.values())).names
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4))
+    x = np.arange(len(names))
+    width = 0.8 / len(datasets)
+    for k, (split, ds) in enumerate(datasets.items()):
+        counts = np.bincount(
+            np.concatenate([r.classes for r in ds.records] or [np.zeros(0, int)]).astype(int),
+            minlength=len(names),
+        )
+        ax.bar(x + k * width, counts, width, label=f"{split} ({counts.sum()} boxes)")
+    ax.set_xticks(x + width * (len(datasets) - 1) / 2, names, rotation=90 if len(names) > 8 else 0)
+    ax.set_ylabel("boxes")
+    ax.set_title("boxes per class")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_box_shapes(dataset: Dataset, cfg, path: str) -> str:
+    """Box width vs height in pixels of the network input, with k-means anchors."""
+    size = cfg.model.input_size
+    wh = box_shapes(dataset.records, size, cfg.data.letterbox)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    if len(wh):
+        k = cfg.model.num_anchors
+        anchors = kmeans_anchors(wh, k)
+        ax.scatter(wh[:, 0] * STRIDE, wh[:, 1] * STRIDE, s=4, alpha=0.3, label=f"{len(wh)} boxes")
+        ax.scatter(anchors[:, 0] * STRIDE, anchors[:, 1] * STRIDE, s=120, marker="x",
+                   color="red", label=f"{k} k-means anchors, mean IoU "
+                   f"{mean_best_iou(wh, anchors):.3f}")  # fmt: skip
+        if isinstance(cfg.model.anchors, list):
+            configured = np.asarray(cfg.model.anchors) * STRIDE
+            ax.scatter(configured[:, 0], configured[:, 1], s=80, marker="+", color="green",
+                       label="configured anchors")  # fmt: skip
+    ax.set_xlim(0, size)
+    ax.set_ylim(0, size)
+    ax.set_xlabel(f"box width, px of the {size}-px input")
+    ax.set_ylabel("box height, px")
+    ax.set_title("training box shapes")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_augmented(dataset: Dataset, cfg, path: str, count: int = 16, seed: int = 0) -> str:
+    """A grid of training samples as the pipeline makes them, boxes and classes drawn."""
+    from detector.data.augment import build_augmenter, prepare_example
+
+    d = cfg.data
+    augmenter = build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation,
+                                d.exposure, d.min_visibility)  # fmt: skip
+    rng = np.random.default_rng(seed)
+    with_boxes = [r for r in dataset.records if len(r.boxes)] or dataset.records
+    picks = rng.choice(len(with_boxes), size=min(count, len(with_boxes)), replace=False)
+    cols = int(np.ceil(np.sqrt(len(picks))))
+    rows = int(np.ceil(len(picks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, index in zip(axes.ravel(), picks, strict=False):
+        record = with_boxes[index]
+        image, boxes, classes = prepare_example(
+            record, cfg.model.input_size, augmenter, rng, d.letterbox
+        )
+        ax.imshow(image)
+        for (x1, y1, x2, y2), c in zip(boxes, classes, strict=True):
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1))
+            ax.text(x1, y1, dataset.names[c], color="black", fontsize=6,
+                    bbox={"facecolor": "lime", "pad": 0.5, "lw": 0})  # fmt: skip
+    fig.suptitle("augmented training samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

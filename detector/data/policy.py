@@ -1,0 +1,174 @@
+"""The bad-input policy, in one place, for every reader.
+
+Readers turn their files into flat arrays of boxes and call `clean_boxes`, which drops or
+clips each box by the same rules; `check_images` then opens every image once, before
+training, and drops what cannot be used. Every case is counted in `Dataset.problems`
+under one of the reasons of `detector.data.records.PROBLEM_REASONS`:
+
+- boxes: unknown class (name, category id or index) -> dropped; a NaN/inf coordinate ->
+  dropped; zero or negative width/height -> dropped; wholly outside the image -> dropped;
+  partly outside -> clipped to the image and kept;
+- images: missing file, not an image, undecodable, or truncated -> the image is skipped;
+  grayscale, with an alpha channel, or 16 bits per channel -> converted to 8-bit RGB when
+  read, kept; a size that differs from the annotation's -> the boxes are rescaled to the
+  real image when it is read (`detector.data.augment.prepare_example`), kept;
+- annotation entries, lines or files that do not parse -> skipped, everything valid
+  around them is kept (each reader counts these as `annotation_malformed`);
+- images without objects are kept as negatives (not a problem).
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import cv2
+import numpy as np
+
+from detector.data.records import Dataset, Problems, Record
+
+# Pixels a box may stick out of its image before it counts as clipped: normalised
+# coordinates written with 6 decimals overshoot the border by rounding alone.
+CLIP_TOLERANCE = 0.01
+
+# File signatures of the formats OpenCV decodes that we recognise as images.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"BM", "bmp"),
+    (b"GIF8", "gif"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"RIFF", "webp"),
+)
+
+
+def clean_boxes(
+    xyxy: np.ndarray,
+    known_class: np.ndarray,
+    limits: np.ndarray,
+    problems: Problems,
+    where: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Applies the box rules of the module docstring to N boxes at once.
+
+    Args:
+        xyxy: float64 (N, 4). Boxes in pixels of their image (continuous coordinates).
+        known_class: bool (N,). Whether the box's class is one of the dataset's classes.
+        limits: float64 (N, 4). (width, height, width, height) of each box's image.
+        problems: Problems. Counted into, each box under the first reason that applies.
+        where: list of N str, optional. A label per box ("file: line 3") for the examples.
+
+    Returns:
+        keep bool (N,); boxes float64 (N, 4), clipped to their image.
+    """
+    xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
+    keep = np.ones(len(xyxy), bool)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(xyxy).all(axis=1)
+        positive = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        clipped = np.clip(xyxy, 0.0, limits)
+        empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+        moved = (np.abs(clipped - xyxy) > CLIP_TOLERANCE).any(axis=1)
+    for reason, bad in (
+        ("class_unknown", ~np.asarray(known_class, bool)),
+        ("box_not_finite", ~finite),
+        ("box_zero_size", ~positive),
+        ("box_outside_image", empty),
+    ):
+        newly = keep & bad
+        _count(problems, reason, newly, xyxy, where)
+        keep &= ~bad
+    _count(problems, "box_clipped", keep & moved, xyxy, where)
+    return keep, clipped
+
+
+def _count(problems: Problems, reason: str, mask: np.ndarray, xyxy, where) -> None:
+    """Counts `mask.sum()` boxes under `reason`, with the first few as examples."""
+    hits = np.flatnonzero(mask)
+    for i in hits[:3]:
+        label = where[i] if where is not None else f"box {i}"
+        problems.add(reason, f"{label}: xyxy {np.round(xyxy[i], 1).tolist()}")
+    problems.add(reason, None, len(hits) - min(len(hits), 3))
+
+
+def group(image_index: np.ndarray, values: np.ndarray, num_images: int) -> list[np.ndarray]:
+    """Split `values` (N, ...) into one array per image 0..num_images-1 (empty if none)."""
+    image_index = np.asarray(image_index, np.int64)
+    order = np.argsort(image_index, kind="stable")
+    bounds = np.cumsum(np.bincount(image_index, minlength=num_images))[:-1]
+    return np.split(values[order], bounds)
+
+
+def image_kind(head: bytes) -> str | None:
+    """The image format a file's first bytes announce, or None."""
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            if kind == "webp" and head[8:12] != b"WEBP":
+                return None
+            return kind
+    return None
+
+
+def inspect_image(path: str) -> tuple[str | None, list[str], tuple[int, int] | None]:
+    """Opens one image the way training will and says what is wrong with it.
+
+    Returns:
+        (fatal reason or None, conversion reasons, (height, width) or None). A fatal
+        reason is one of image_missing, image_not_an_image, image_unreadable,
+        image_truncated; conversions are among image_grayscale, image_rgba, image_16bit.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return "image_missing", [], None
+    except OSError:
+        return "image_unreadable", [], None
+    kind = image_kind(data[:16])
+    if kind is None:
+        return "image_not_an_image", [], None
+    if kind == "jpeg" and b"\xff\xd9" not in data[-1024:]:
+        return "image_truncated", [], None
+    if kind == "png" and b"IEND" not in data[-64:]:
+        return "image_truncated", [], None
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
+        return "image_unreadable", [], None
+    conversions = []
+    if image.ndim == 2 or image.shape[2] == 1:
+        conversions.append("image_grayscale")
+    elif image.shape[2] == 4:
+        conversions.append("image_rgba")
+    if image.dtype != np.uint8:
+        conversions.append("image_16bit")
+    return None, conversions, image.shape[:2]
+
+
+def check_images(dataset: Dataset, threads: int | None = None) -> Dataset:
+    """Opens every image of `dataset` once; returns it without the unusable ones.
+
+    Fatal problems skip the record; conversions and a size differing from the
+    annotation's are counted and the record is kept (see the module docstring).
+    """
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        found = list(pool.map(lambda record: inspect_image(record.path), dataset.records))
+    problems = Problems().merge(dataset.problems)
+    kept: list[Record] = []
+    for record, (fatal, conversions, size) in zip(dataset.records, found, strict=True):
+        if fatal is not None:
+            problems.add(fatal, record.path)
+            continue
+        for reason in conversions:
+            problems.add(reason, record.path)
+        if size != (record.height, record.width):
+            problems.add(
+                "image_size_mismatch",
+                f"{record.path}: {size[0]}x{size[1]} px, annotated "
+                f"{record.height}x{record.width}",
+            )
+        kept.append(record)
+    return replace(dataset, records=kept, problems=problems)

@@ -1,0 +1,175 @@
+"""Pascal VOC xml -> `Dataset`.
+
+A split is an images folder and a folder of VOC xml files (searched recursively). An
+xml's image is its ``<filename>`` in the images folder, else the image with the xml's
+name. Image ids are 1-based positions in the sorted image listing; category ids are
+1..C in the order of the class names. Images without an xml are negatives.
+
+Coordinates: VOC's ``xmin..xmax`` are 1-based pixel indices, both ends included, so a
+box becomes ``x1 = xmin - 1, x2 = xmax`` in our continuous pixel coordinates (the
+inverse of COCO's ``x + w``). ``<difficult>1</difficult>`` objects become ignore regions,
+like COCO's crowd boxes: a detection on one is neither a hit nor a false positive.
+
+Bad input follows `detector.data.policy`: an xml that does not parse is skipped with its
+image (`annotation_malformed`: its objects are unknown, so it is no negative either); an
+object without a name or with a malformed ``<bndbox>`` is skipped and the file's other
+objects are kept; an unknown class name drops the box; a missing or zero ``<size>`` is
+read from the image's header.
+"""
+
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from detector.data.files import image_size, list_images
+from detector.data.policy import clean_boxes, group, inspect_image
+from detector.data.records import Dataset, Problems, Record
+
+
+def voc_class_names(annotation_dirs: list[str]) -> list[str]:
+    """Sorted class names of every object in the xml files of `annotation_dirs`."""
+    names = set()
+    for folder in annotation_dirs:
+        for path in _list_xml(folder):
+            root = _parse(path)
+            if root is not None:
+                names.update(n.strip() for n in (o.findtext("name") for o in root.iter("object")) if n)
+    return sorted(names)
+
+
+def read_voc(images_dir: str, annotations_dir: str, names: list[str]) -> Dataset:
+    """Reads one split.
+
+    Args:
+        images_dir: str. Folder of images (searched recursively).
+        annotations_dir: str. Folder of VOC xml files.
+        names: list[str]. Class names; objects of other names are dropped.
+    """
+    images_dir, annotations_dir = os.path.abspath(images_dir), os.path.abspath(annotations_dir)
+    problems = Problems()
+    files = list_images(images_dir)
+    image_ids = {rel: i for i, rel in enumerate(files, start=1)}
+    by_stem = {os.path.splitext(rel)[0]: rel for rel in files}
+    class_index = {name: i for i, name in enumerate(names)}
+
+    annotated, broken = {}, set()
+    for xml_path in _list_xml(annotations_dir):
+        root = _parse(xml_path)
+        rel_stem = os.path.splitext(os.path.relpath(xml_path, annotations_dir))[0]
+        filename = (root.findtext("filename") or "").strip() if root is not None else ""
+        rel = filename if filename in image_ids else by_stem.get(rel_stem)
+        if rel is None:
+            rel = by_stem.get(os.path.splitext(filename)[0]) if filename else None
+        if root is None:
+            problems.add("annotation_malformed", f"{xml_path}: not valid XML")
+            if rel is not None:
+                broken.add(rel)
+            continue
+        if rel is None:
+            problems.add("image_missing", f"{xml_path}: image {filename or rel_stem} not found")
+            continue
+        annotated[rel] = (xml_path, root)
+
+    records_info, rows = [], []
+    for rel in files:
+        if rel in broken:
+            continue
+        path = os.path.join(images_dir, rel)
+        xml_path, root = annotated.get(rel, (None, None))
+        size = _xml_size(root) if root is not None else None
+        if size is None:
+            size = image_size(path)
+        if size is None:
+            fatal, _, _ = inspect_image(path)
+            problems.add(fatal or "image_unreadable", path)
+            continue
+        index = len(records_info)
+        records_info.append((image_ids[rel], path, size))
+        if root is not None:
+            for obj_no, obj in enumerate(root.iter("object")):
+                parsed = _object(obj)
+                where = f"{xml_path}: object {obj_no}"
+                if parsed is None:
+                    problems.add("annotation_malformed", f"{where}: missing name or bndbox")
+                    continue
+                name, box, difficult = parsed
+                rows.append((index, class_index.get(name, -1), box, difficult, f"{where} ({name})"))
+
+    num = len(records_info)
+    image_index = np.asarray([r[0] for r in rows], np.int64)
+    classes = np.asarray([r[1] for r in rows], np.int64)
+    xyxy = np.asarray([r[2] for r in rows], np.float64).reshape(-1, 4)
+    difficult = np.asarray([r[3] for r in rows], bool)
+    sizes = np.asarray([info[2] for info in records_info], np.float64).reshape(-1, 2)
+    limits = sizes[image_index][:, [1, 0, 1, 0]]
+    keep, clipped = clean_boxes(xyxy, classes >= 0, limits, problems, [r[4] for r in rows])
+    objects, ignores = keep & ~difficult, keep & difficult
+    boxes = group(image_index[objects], clipped[objects].astype(np.float32), num)
+    labels = group(image_index[objects], classes[objects].astype(np.int32), num)
+    ignore = group(image_index[ignores], clipped[ignores].astype(np.float32), num)
+    records = [
+        Record(
+            image_id=image_id,
+            path=path,
+            height=int(size[0]),
+            width=int(size[1]),
+            boxes=boxes[i],
+            classes=labels[i],
+            ignore=ignore[i],
+        )
+        for i, (image_id, path, size) in enumerate(records_info)
+    ]
+    return Dataset(
+        records=records,
+        names=list(names),
+        category_ids=list(range(1, len(names) + 1)),
+        annotation_file=None,
+        problems=problems,
+    )
+
+
+def _list_xml(folder: str) -> list[str]:
+    """Sorted absolute paths of the ``.xml`` files under `folder`."""
+    found = []
+    for root, _, files in os.walk(folder):
+        found += [os.path.join(root, f) for f in files if f.lower().endswith(".xml")]
+    return sorted(found)
+
+
+def _parse(path: str) -> ET.Element | None:
+    """The xml's root element, or None if it does not parse."""
+    try:
+        return ET.parse(path).getroot()
+    except (ET.ParseError, OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _number(element: ET.Element | None, tag: str) -> float | None:
+    """The float in ``element/tag``, or None when absent or not a number."""
+    text = element.findtext(tag) if element is not None else None
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _xml_size(root: ET.Element) -> tuple[int, int] | None:
+    """(height, width) from ``<size>``, or None when missing or not positive."""
+    size = root.find("size")
+    width, height = _number(size, "width"), _number(size, "height")
+    if not width or not height or width <= 0 or height <= 0:
+        return None
+    return int(height), int(width)
+
+
+def _object(obj: ET.Element) -> tuple[str, list[float], bool] | None:
+    """(name, xyxy continuous pixels, difficult) of an ``<object>``, or None if malformed."""
+    name = (obj.findtext("name") or "").strip()
+    bndbox = obj.find("bndbox")
+    values = [_number(bndbox, tag) for tag in ("xmin", "ymin", "xmax", "ymax")]
+    if not name or any(v is None for v in values):
+        return None
+    xmin, ymin, xmax, ymax = values
+    difficult = (_number(obj, "difficult") or 0) > 0
+    return name, [xmin - 1.0, ymin - 1.0, xmax, ymax], difficult

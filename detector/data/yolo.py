@@ -1,0 +1,128 @@
+"""YOLO txt (Ultralytics / darknet layout) -> `Dataset`.
+
+A split is an images folder and a labels folder; the label of ``images/a/b.jpg`` is
+``labels/a/b.txt``. Each line is ``class cx cy w h`` normalised to the image (0..1), or an
+Ultralytics polygon ``class x1 y1 x2 y2 ...``, whose bounding box is used. An image without
+a label file, or with an empty one, is a negative. Image ids are 1-based positions in the
+sorted image listing; the dataset's category ids are the class indices themselves.
+
+Bad input follows `detector.data.policy`: a line that does not parse is skipped
+(`annotation_malformed`) and the file's other lines are kept; a class index outside
+0..C-1 drops the box (`class_unknown`); a label file with no image, or an image whose
+header cannot be read, is counted and skipped.
+"""
+
+import os
+
+import numpy as np
+
+from detector.data.files import image_size, list_images
+from detector.data.policy import clean_boxes, group, inspect_image
+from detector.data.records import Dataset, Problems, Record
+
+
+def read_yolo(images_dir: str, labels_dir: str, names: list[str]) -> Dataset:
+    """Reads one split.
+
+    Args:
+        images_dir: str. Folder of images (searched recursively).
+        labels_dir: str. Folder of ``.txt`` label files mirroring `images_dir`.
+        names: list[str]. Class names; a label's class index points into it.
+    """
+    images_dir, labels_dir = os.path.abspath(images_dir), os.path.abspath(labels_dir)
+    problems = Problems()
+    files = list_images(images_dir)
+    stems = {os.path.splitext(f)[0] for f in files}
+    for label in _list_labels(labels_dir):
+        if os.path.splitext(label)[0] not in stems:
+            problems.add("image_missing", f"{os.path.join(labels_dir, label)}: no image "
+                         f"{os.path.splitext(label)[0]}.* in {images_dir}")  # fmt: skip
+
+    records_info, rows = [], []
+    for image_id, rel in enumerate(files, start=1):
+        path = os.path.join(images_dir, rel)
+        size = image_size(path)
+        if size is None:
+            fatal, _, _ = inspect_image(path)
+            problems.add(fatal or "image_unreadable", path)
+            continue
+        label = os.path.join(labels_dir, os.path.splitext(rel)[0] + ".txt")
+        index = len(records_info)
+        records_info.append((image_id, path, size))
+        for line_no, cls, box in _read_labels(label, problems):
+            rows.append((index, cls, box, f"{label}: line {line_no}"))
+
+    num = len(records_info)
+    image_index = np.asarray([r[0] for r in rows], np.int64)
+    classes = np.asarray([r[1] for r in rows], np.int64)
+    norm = np.asarray([r[2] for r in rows], np.float64).reshape(-1, 4)
+    sizes = np.asarray([info[2] for info in records_info], np.float64).reshape(-1, 2)
+    limits = sizes[image_index][:, [1, 0, 1, 0]]
+    xyxy = norm * limits
+    keep, clipped = clean_boxes(
+        xyxy, (classes >= 0) & (classes < len(names)), limits, problems, [r[3] for r in rows]
+    )
+    boxes = group(image_index[keep], clipped[keep].astype(np.float32), num)
+    labels = group(image_index[keep], classes[keep].astype(np.int32), num)
+    records = [
+        Record(
+            image_id=image_id,
+            path=path,
+            height=int(size[0]),
+            width=int(size[1]),
+            boxes=boxes[i],
+            classes=labels[i],
+            ignore=np.zeros((0, 4), np.float32),
+        )
+        for i, (image_id, path, size) in enumerate(records_info)
+    ]
+    return Dataset(
+        records=records,
+        names=list(names),
+        category_ids=list(range(len(names))),
+        annotation_file=None,
+        problems=problems,
+    )
+
+
+def _list_labels(folder: str) -> list[str]:
+    """Relative paths of the ``.txt`` files under `folder`."""
+    found = []
+    for root, _, files in os.walk(folder):
+        found += [os.path.relpath(os.path.join(root, f), folder) for f in files if f.endswith(".txt")]
+    return found
+
+
+def _read_labels(path: str, problems: Problems):
+    """Yields (line number, class index, xyxy normalised) for each parsable line of `path`.
+
+    A class index that is not an integer makes the line malformed; an out-of-range one is
+    left for `clean_boxes` to drop.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as e:
+        problems.add("annotation_malformed", f"{path}: cannot read as text ({e.__class__.__name__})")
+        return
+    for line_no, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            values = []
+        polygon = len(values) >= 7 and len(values) % 2 == 1
+        if not values or not (len(values) == 5 or polygon) or not values[0].is_integer():
+            problems.add("annotation_malformed", f"{path}: line {line_no}: {line.strip()[:60]!r}")
+            continue
+        if polygon:
+            xy = np.asarray(values[1:]).reshape(-1, 2)
+            box = [*xy.min(axis=0), *xy.max(axis=0)]
+        else:
+            cx, cy, w, h = values[1:]
+            box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        yield line_no, int(values[0]), box
