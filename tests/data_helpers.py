@@ -1,6 +1,8 @@
 """Small datasets written by tests: drawn images, the same boxes in coco / voc / yolo form."""
 
+import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -73,3 +75,72 @@ def write_all_formats(root: str, count: int = 6, seed: int = 0) -> dict[str, str
 def by_file(dataset: Dataset) -> dict[str, Record]:
     """Records keyed by image file name (ids differ between formats)."""
     return {os.path.basename(r.path): r for r in dataset.records}
+
+
+def damage_annotations(fmt: str, root: str) -> None:
+    """Five bad annotations for img0 (zero width, partly outside, wholly outside, unknown
+    class, malformed) in the format's own syntax; img0 is >= 60 x 60 px."""
+    if fmt == "coco":
+        path = os.path.join(root, "coco.json")
+        with open(path) as f:
+            data = json.load(f)
+        img0 = next(im for im in data["images"] if im["file_name"] == "img0.jpg")
+        w = img0["width"]
+        for cat, bbox in (
+            (1, [5, 5, 0, 10]),
+            (2, [w - 10, 5, 30, 20]),
+            (1, [w + 5, 5, 10, 10]),
+            (99, [5, 5, 10, 10]),
+        ):
+            data["annotations"].append(
+                {
+                    "id": 900 + len(data["annotations"]),
+                    "image_id": img0["id"],
+                    "category_id": cat,
+                    "bbox": bbox,
+                    "iscrowd": 0,
+                }
+            )
+        data["annotations"].append({"id": 999, "image_id": img0["id"], "category_id": 1})
+        with open(path, "w") as f:
+            json.dump(data, f)
+    elif fmt == "voc":
+        path = os.path.join(root, "xml", "img0.xml")
+        text = open(path).read()
+        w = int(re.search(r"<width>(\d+)</width>", text).group(1))
+
+        def obj(name, box):
+            coords = "".join(
+                f"<{t}>{v}</{t}>"
+                for t, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True)
+            )
+            return f"<object><name>{name}</name><bndbox>{coords}</bndbox></object>"
+
+        extra = (obj("red", [6, 6, 5, 16]) + obj("green", [w - 9, 6, w + 20, 25])
+                 + obj("red", [w + 6, 6, w + 15, 15]) + obj("purple", [6, 6, 15, 15])
+                 + "<object><name>red</name></object>")  # fmt: skip
+        open(path, "w").write(text.replace("</annotation>", extra + "</annotation>"))
+    else:
+        path = os.path.join(root, "labels", "img0.txt")
+        with open(path, "a") as f:
+            f.write("0 0.2 0.2 0 0.1\n1 0.98 0.2 0.2 0.2\n0 1.5 0.2 0.1 0.1\n7 0.2 0.2 0.1 0.1\n"
+                    "1 0.5 abc 0.1 0.1\n")  # fmt: skip
+
+
+def damage_images(root: str) -> None:
+    """img4 missing, img5 truncated, img6 not an image, img7 grayscale, img8 RGBA,
+    img9 16-bit (the last three keep their size and stay usable)."""
+    images = os.path.join(root, "images")
+    os.remove(os.path.join(images, "img4.jpg"))
+    data = open(os.path.join(images, "img5.jpg"), "rb").read()
+    open(os.path.join(images, "img5.jpg"), "wb").write(data[: len(data) // 2])
+    open(os.path.join(images, "img6.jpg"), "w").write("this is not an image\n")
+    for name, convert in (
+        ("img7.jpg", lambda im: cv2.cvtColor(im, cv2.COLOR_BGR2GRAY)),
+        ("img8.jpg", lambda im: cv2.cvtColor(im, cv2.COLOR_BGR2BGRA)),
+        ("img9.jpg", lambda im: im.astype(np.uint16) * 257),
+    ):
+        path = os.path.join(images, name)
+        image = convert(cv2.imread(path))
+        ext = ".jpg" if name == "img7.jpg" else ".png"  # PNG bytes behind a .jpg name
+        open(path, "wb").write(cv2.imencode(ext, image)[1].tobytes())

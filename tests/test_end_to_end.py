@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 import pytest
 
+import detector.layers  # noqa: F401  (registers the custom layers for load_model)
 from detector.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +73,40 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     proc = run("train.py", "--data", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2 and "nope.yaml" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_training_on_damaged_data_reports_every_problem_and_finishes(tmp_path):
+    from data_helpers import damage_annotations, damage_images, write_all_formats
+
+    specs = write_all_formats(str(tmp_path / "data"), count=10)
+    damage_annotations("yolo", str(tmp_path / "data"))
+    damage_images(str(tmp_path / "data"))
+    run_dir = tmp_path / "run"
+    proc = run(
+        "train.py", "--data", specs["yolo"], "--epochs", "1", "--run-dir", str(run_dir),
+        "--set", "model.variant=tiny", "--set", "model.width=0.125",
+        "--set", "model.input_size=64", "--set", "data.batch_size=2",
+        "--set", "model.num_anchors=2", "--set", "data.letterbox=true",
+        "--set", "data.multiscale=[64,96]", "--set", "data.multiscale_every=1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    before_training = proc.stdout.split("run directory:")[0]
+    for reason in ("image_missing", "image_truncated", "image_not_an_image", "image_grayscale",
+                   "image_rgba", "image_16bit", "box_zero_size", "box_clipped",
+                   "box_outside_image", "class_unknown", "annotation_malformed"):  # fmt: skip
+        assert reason in before_training, reason
+    assert "img4" in before_training  # an example file is named
+    assert (run_dir / "best.keras").is_file()
+    model = keras.models.load_model(run_dir / "best.keras", safe_mode=True)
+    assert model.get_layer("yolo_head").letterbox is True
+
+
+def test_missing_annotation_path_fails_fast_naming_it(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("format: voc\ntrain: {images: img, annotations: xml}\nval: {images: img, "
+                    "annotations: xml}\nnames: [a]\n")  # fmt: skip
+    (tmp_path / "img").mkdir()
+    proc = run("train.py", "--data", str(spec), "--epochs", "1", "--run-dir", str(tmp_path / "r"))
+    assert proc.returncode != 0
+    assert f"train.annotations: folder not found: {tmp_path / 'xml'}" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()

@@ -1,15 +1,13 @@
 """COCO, VOC and YOLO readers: the same records from the same boxes; the bad-input policy."""
 
-import json
 import os
-import re
 from collections import Counter
 
 import cv2
 import numpy as np
 import pytest
 import yaml
-from data_helpers import NAMES, by_file, write_all_formats
+from data_helpers import NAMES, by_file, damage_annotations, damage_images, write_all_formats
 
 from detector.data.augment import prepare_example, read_image
 from detector.data.coco import read_coco
@@ -72,82 +70,13 @@ def test_coco128_json_and_txt_give_the_same_boxes():
     assert count == Counter(c for r in txt.records for c in r.classes.tolist())
 
 
-def _damage_annotations(fmt: str, root: str) -> None:
-    """Five bad annotations for img0 (zero width, partly outside, wholly outside, unknown
-    class, malformed) in the format's own syntax; img0 is >= 60 x 60 px."""
-    if fmt == "coco":
-        path = os.path.join(root, "coco.json")
-        with open(path) as f:
-            data = json.load(f)
-        img0 = next(im for im in data["images"] if im["file_name"] == "img0.jpg")
-        w = img0["width"]
-        for cat, bbox in (
-            (1, [5, 5, 0, 10]),
-            (2, [w - 10, 5, 30, 20]),
-            (1, [w + 5, 5, 10, 10]),
-            (99, [5, 5, 10, 10]),
-        ):
-            data["annotations"].append(
-                {
-                    "id": 900 + len(data["annotations"]),
-                    "image_id": img0["id"],
-                    "category_id": cat,
-                    "bbox": bbox,
-                    "iscrowd": 0,
-                }
-            )
-        data["annotations"].append({"id": 999, "image_id": img0["id"], "category_id": 1})
-        with open(path, "w") as f:
-            json.dump(data, f)
-    elif fmt == "voc":
-        path = os.path.join(root, "xml", "img0.xml")
-        text = open(path).read()
-        w = int(re.search(r"<width>(\d+)</width>", text).group(1))
-
-        def obj(name, box):
-            coords = "".join(
-                f"<{t}>{v}</{t}>"
-                for t, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True)
-            )
-            return f"<object><name>{name}</name><bndbox>{coords}</bndbox></object>"
-
-        extra = (obj("red", [6, 6, 5, 16]) + obj("green", [w - 9, 6, w + 20, 25])
-                 + obj("red", [w + 6, 6, w + 15, 15]) + obj("purple", [6, 6, 15, 15])
-                 + "<object><name>red</name></object>")  # fmt: skip
-        open(path, "w").write(text.replace("</annotation>", extra + "</annotation>"))
-    else:
-        path = os.path.join(root, "labels", "img0.txt")
-        with open(path, "a") as f:
-            f.write("0 0.2 0.2 0 0.1\n1 0.98 0.2 0.2 0.2\n0 1.5 0.2 0.1 0.1\n7 0.2 0.2 0.1 0.1\n"
-                    "1 0.5 abc 0.1 0.1\n")  # fmt: skip
-
-
-def _damage_images(root: str) -> None:
-    """img4 missing, img5 truncated, img6 not an image, img7 grayscale, img8 RGBA,
-    img9 16-bit (the last three keep their size and stay usable)."""
-    images = os.path.join(root, "images")
-    os.remove(os.path.join(images, "img4.jpg"))
-    data = open(os.path.join(images, "img5.jpg"), "rb").read()
-    open(os.path.join(images, "img5.jpg"), "wb").write(data[: len(data) // 2])
-    open(os.path.join(images, "img6.jpg"), "w").write("this is not an image\n")
-    for name, convert in (
-        ("img7.jpg", lambda im: cv2.cvtColor(im, cv2.COLOR_BGR2GRAY)),
-        ("img8.jpg", lambda im: cv2.cvtColor(im, cv2.COLOR_BGR2BGRA)),
-        ("img9.jpg", lambda im: im.astype(np.uint16) * 257),
-    ):
-        path = os.path.join(images, name)
-        image = convert(cv2.imread(path))
-        ext = ".jpg" if name == "img7.jpg" else ".png"  # PNG bytes behind a .jpg name
-        open(path, "wb").write(cv2.imencode(ext, image)[1].tobytes())
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_damaged_dataset_is_cleaned_counted_and_nothing_valid_is_lost(tmp_path, fmt):
     root = str(tmp_path)
     specs = write_all_formats(root, count=10)
     clean = by_file(load_dataset(specs[fmt], "train"))
-    _damage_annotations(fmt, root)
-    _damage_images(root)
+    damage_annotations(fmt, root)
+    damage_images(root)
     ds = load_dataset(specs[fmt], "train")
     assert ds.problems == {
         "image_missing": 1, "image_truncated": 1, "image_not_an_image": 1,
