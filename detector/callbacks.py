@@ -1,4 +1,5 @@
-"""Training callbacks: best-COCO-AP checkpointing, the wall-clock budget, the lr schedule."""
+"""Training callbacks: best-COCO-AP checkpointing, the wall-clock budget, the lr schedule,
+the NaN guard, the metrics CSV."""
 
 import csv
 import math
@@ -6,9 +7,55 @@ import os
 import time
 
 import keras
+import numpy as np
 
 from detector.evaluation import STAT_NAMES, evaluate_model, make_predict_fn, write_json
 from detector.io import atomic_save
+
+
+def ema_weights(inference_model, optimizer) -> list[np.ndarray]:
+    """The inference model's weights with each trainable variable replaced by the
+    optimiser's moving average of it (Keras ``use_ema``), in ``get_weights`` order.
+    Without EMA, the weights themselves."""
+    averages = {}
+    if optimizer is not None and getattr(optimizer, "use_ema", False) and optimizer.built:
+        for var, avg in zip(optimizer._trainable_variables,
+                            optimizer._model_variables_moving_average, strict=True):  # fmt: skip
+            if avg is not None:
+                averages[id(var)] = avg
+    return [np.asarray(averages.get(id(v), v)) for v in inference_model.weights]
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised by `NonFiniteGuard`: training stops before the bad step reaches any state."""
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops the run at the first NaN/Inf loss, naming the epoch and step.
+
+    It raises (instead of setting ``stop_training``) so that no epoch-end callback runs:
+    the resume state and checkpoints stay those of the last good epoch.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            terms = {k: float(v) for k, v in (logs or {}).items() if k != "loss"}
+            raise NonFiniteLoss(
+                f"non-finite loss ({loss}) at epoch {self.epoch + 1}, step {batch + 1}; terms: "
+                f"{terms}. Likely causes: a learning rate too high for this batch size or "
+                "optimiser (lower train.lr, longer train.warmup_epochs, or train.clip_norm), "
+                "float16 overflow (train.precision: mixed_bfloat16 or float32), or broken "
+                "boxes in the data (python -m detector.data check). The run directory holds "
+                "the state of the last completed epoch; fix the cause and --resume."
+            )
 
 
 def float32_config(config):
@@ -29,10 +76,11 @@ class BestCocoAP(keras.callbacks.Callback):
 
     At train begin it builds the evaluation model from the inference model's config
     (no custom_objects: every layer is registered). On evaluation epochs, and at the
-    last epoch, it copies the inference weights in, runs
-    ``evaluate_model`` and puts the 12 COCO numbers into ``logs`` (NaN on epochs
-    without evaluation, so CSV columns stay fixed). On a new best AP it saves
-    ``best.keras`` and ``best.json`` atomically.
+    last epoch, it copies the inference weights in (the optimiser's EMA of them when
+    it keeps one, so the training weights are never swapped), runs ``evaluate_model``
+    and puts the 12 COCO numbers into ``logs`` (NaN on epochs without evaluation, so CSV
+    columns stay fixed). On a new best AP it saves ``best.keras`` and ``best.json``
+    atomically, and ``pr_curve.png``.
 
     Args:
         inference_model: keras.Model. The network being trained (shares its weights).
@@ -41,6 +89,10 @@ class BestCocoAP(keras.callbacks.Callback):
         is_eval_epoch: callable(int) -> bool. Whether a 1-based epoch is evaluated
             (``EvalConfig.is_eval_epoch``); the last epoch always is.
         best_ap: float. Best AP so far (a resumed run passes its own). Defaults to -1.
+        patience: int. Stop training after this many evaluations without a better AP
+            (0 = never). Defaults to 0.
+        image_dir: str or None. TensorBoard log folder for a few validation images with
+            their predicted boxes at each evaluation. Defaults to None (no images).
         predict_kwargs: batch_size, score_threshold, nms_iou, max_detections.
     """
 
@@ -52,6 +104,8 @@ class BestCocoAP(keras.callbacks.Callback):
         run_dir,
         is_eval_epoch,
         best_ap=-1.0,
+        patience=0,
+        image_dir=None,
         **predict_kwargs,
     ):
         super().__init__()
@@ -61,7 +115,12 @@ class BestCocoAP(keras.callbacks.Callback):
         self.run_dir = run_dir
         self.is_eval_epoch = is_eval_epoch
         self.best_ap = best_ap
+        self.patience = patience
+        self.stale = 0
+        self.early_stopped = False
         self.predict_kwargs = predict_kwargs
+        self.image_dir = image_dir
+        self.image_writer = None
         self.eval_model = None
         self.evaluated_epoch = None
 
@@ -70,6 +129,37 @@ class BestCocoAP(keras.callbacks.Callback):
         self.eval_model = keras.Model.from_config(config)
         kwargs = {k: v for k, v in self.predict_kwargs.items() if k != "batch_size"}
         self.predict_fn = make_predict_fn(self.eval_model, **kwargs)
+        if self.image_dir:
+            import tensorflow as tf
+
+            self.image_writer = tf.summary.create_file_writer(self.image_dir)
+
+    def log_images(self, epoch: int, count: int = 4, min_score: float = 0.3) -> None:
+        """The first `count` validation images with predictions above `min_score`."""
+        import cv2
+        import tensorflow as tf
+
+        from detector.data.pipeline import make_eval_dataset
+
+        head = self.eval_model.get_layer("yolo_head")
+        records = self.dataset.records[:count]
+        images, _ = next(iter(make_eval_dataset(records, head.input_size, count, head.letterbox)))
+        boxes, scores, classes, valid = (t.numpy() for t in self.predict_fn(images))
+        drawn = []
+        for i, image in enumerate(images.numpy().astype(np.uint8)):
+            image = np.ascontiguousarray(image)
+            for box, score, cls in zip(boxes[i, : valid[i]], scores[i], classes[i], strict=False):
+                if score < min_score:
+                    continue
+                x1, y1, x2, y2 = (np.clip(box, 0, 1) * head.input_size).astype(int)
+                cv2.rectangle(image, (x1, y1), (x2, y2), (0, 255, 0), 1)
+                label = f"{head.class_names[cls]} {score:.2f}"
+                cv2.putText(image, label, (x1, max(y1 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                            (255, 255, 0), 1)  # fmt: skip
+            drawn.append(image)
+        with self.image_writer.as_default():
+            tf.summary.image("val_predictions", np.stack(drawn), step=epoch + 1, max_outputs=count)
+        self.image_writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -77,43 +167,65 @@ class BestCocoAP(keras.callbacks.Callback):
         if not (self.is_eval_epoch(epoch + 1) or last):
             logs.update(dict.fromkeys(STAT_NAMES, math.nan))
             return
-        metrics = self.evaluate()
+        curves = {}
+        metrics = self.evaluate(curves)
         logs.update({name: metrics[name] for name in STAT_NAMES})
         self.evaluated_epoch = epoch
+        if self.image_writer is not None:
+            self.log_images(epoch)
         if metrics["AP"] > self.best_ap:
             self.best_ap = metrics["AP"]
-            self.save_best(epoch, metrics)
+            self.stale = 0
+            self.save_best(epoch, metrics, curves)
+        else:
+            self.stale += 1
+            if self.patience and self.stale >= self.patience:
+                print(f"\nno better AP in {self.stale} evaluations: stopping (train.patience)")
+                self.early_stopped = True
+                self.model.stop_training = True
 
-    def evaluate(self) -> dict:
-        """COCO metrics of the current weights."""
-        self.eval_model.set_weights(self.inference_model.get_weights())
+    def evaluate(self, curves=None) -> dict:
+        """COCO metrics of the current (EMA) weights."""
+        optimizer = getattr(self.model, "optimizer", None) if self.model is not None else None
+        self.eval_model.set_weights(ema_weights(self.inference_model, optimizer))
         input_size = self.eval_model.get_layer("yolo_head").input_size
         metrics, _ = evaluate_model(
-            self.eval_model, self.dataset, input_size, self.coco_gt,
+            self.eval_model, self.dataset, input_size, self.coco_gt, curves,
             batch_size=self.predict_kwargs.get("batch_size", 16), predict_fn=self.predict_fn,
         )  # fmt: skip
         return metrics
 
-    def save_best(self, epoch: int, metrics: dict) -> None:
+    def save_best(self, epoch: int, metrics: dict, curves: dict | None = None) -> None:
         path = os.path.join(self.run_dir, "best.keras")
         atomic_save(path, self.eval_model.save, suffix=".keras")
         write_json({"epoch": epoch + 1, **metrics}, os.path.join(self.run_dir, "best.json"))
+        if curves:
+            from detector.plots import plot_pr
+
+            title = f"best model (epoch {epoch + 1}): precision-recall, class mean"
+            plot_pr(curves, os.path.join(self.run_dir, "pr_curve.png"), title)
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training cleanly once ``minutes`` of wall time have passed since ``start``."""
+    """Stops training cleanly once ``minutes`` of wall time have been spent: since
+    ``start`` in this process, plus ``spent_before`` seconds by the run before a resume."""
 
-    def __init__(self, minutes: float, start: float | None = None):
+    def __init__(self, minutes: float, start: float | None = None, spent_before: float = 0.0):
         super().__init__()
         self.seconds = minutes * 60.0
         self.start = start if start is not None else time.monotonic()
+        self.spent_before = spent_before
         self.stopped = False
+
+    def spent(self) -> float:
+        """Seconds of the run so far, earlier sessions included."""
+        return self.spent_before + time.monotonic() - self.start
 
     def fraction(self) -> float:
         """Share of the budget spent (0 when there is no budget)."""
         if self.seconds <= 0:
             return 0.0
-        return (time.monotonic() - self.start) / self.seconds
+        return self.spent() / self.seconds
 
     def on_train_batch_end(self, batch, logs=None):
         self.check()
@@ -130,19 +242,24 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 class LearningRateSchedule(keras.callbacks.Callback):
-    """Warm-up then cosine (or constant) learning rate, set before every batch.
+    """darknet's burn-in, then cosine, step decay or constant; set before every batch.
 
-    Progress is the larger of steps done / total steps and the share of the wall-clock
-    budget spent, so a ``--max-minutes`` run anneals fully by the time it stops.
+    The step is the optimiser's iteration count, so a resumed run continues the schedule
+    where it was. Cosine progress is the larger of steps done / total steps and the share
+    of the wall-clock budget spent, so a ``--max-minutes`` run anneals fully by the time
+    it stops.
 
     Args:
         base_lr: float. Peak learning rate.
         total_steps: int. Steps of the whole run (epochs × steps per epoch).
-        warmup_steps: int. Burn-in length: lr · (step / warmup_steps)^power.
-        schedule: str. "cosine" or "constant".
+        warmup_steps: int. Burn-in length: lr · ((step + 1) / warmup_steps)^power.
+        schedule: str. "cosine", "steps" or "constant".
         final_fraction: float. lr at the end of the cosine, as a fraction of base_lr.
         budget: TimeBudget or None.
-        power: float. Burn-in exponent (darknet uses 4). Defaults to 2.
+        power: float. Burn-in exponent (darknet uses 4). Defaults to 4.
+        decay_steps: list of int. For "steps": global steps at which lr is multiplied by
+            `factor`.
+        factor: float. Step-decay factor. Defaults to 0.1.
     """
 
     def __init__(
@@ -153,7 +270,9 @@ class LearningRateSchedule(keras.callbacks.Callback):
         schedule="cosine",
         final_fraction=0.01,
         budget=None,
-        power=2.0,
+        power=4.0,
+        decay_steps=(),
+        factor=0.1,
     ):
         super().__init__()
         self.base_lr = base_lr
@@ -163,6 +282,8 @@ class LearningRateSchedule(keras.callbacks.Callback):
         self.final_fraction = final_fraction
         self.budget = budget
         self.power = power
+        self.decay_steps = sorted(decay_steps)
+        self.factor = factor
 
     def lr_at(self, step: int, time_fraction: float = 0.0) -> float:
         """The learning rate at a global step (and share of the time budget spent)."""
@@ -170,6 +291,9 @@ class LearningRateSchedule(keras.callbacks.Callback):
             return self.base_lr * ((step + 1) / self.warmup_steps) ** self.power
         if self.schedule == "constant":
             return self.base_lr
+        if self.schedule == "steps":
+            passed = sum(step >= s for s in self.decay_steps)
+            return self.base_lr * self.factor**passed
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, max(progress, time_fraction))
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -192,10 +316,11 @@ class MetricsCSV(keras.callbacks.Callback):
     the columns do not depend on which keys the first epoch happened to log.
     """
 
-    def __init__(self, path: str, columns: list[str]):
+    def __init__(self, path: str, columns: list[str], plot_path: str | None = None):
         super().__init__()
         self.path = path
         self.columns = ["epoch", *columns]
+        self.plot_path = plot_path
 
     def on_train_begin(self, logs=None):
         if not os.path.exists(self.path):
@@ -208,3 +333,8 @@ class MetricsCSV(keras.callbacks.Callback):
             csv.writer(f).writerow([logs.get(c, "") for c in self.columns])
             f.flush()
             os.fsync(f.fileno())
+        evaluated = not math.isnan(float(logs.get("AP", math.nan)))
+        if self.plot_path and evaluated:  # the curves follow every evaluation
+            from detector.plots import plot_curves
+
+            plot_curves(self.path, self.plot_path)

@@ -17,6 +17,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="sets train.epochs")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget (sets train.max_minutes)")
     p.add_argument("--run-dir", help="sets train.run_dir")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue this run from its saved state (its config.yaml; --epochs "
+                   "extends it, --max-minutes replaces the budget)")  # fmt: skip
     p.add_argument(
         "--set",
         action="append",
@@ -35,15 +38,29 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def train_main(argv=None) -> int:
-    args = train_parser().parse_args(argv)
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    if args.resume and (args.run_dir or args.data or args.config != DEFAULT_CONFIG):
+        parser.error("--resume takes the run's own config, data and directory")
     try:
-        cfg = load_config(args.config, train_overrides(args))
+        if args.resume:
+            config_path = os.path.join(args.resume, "config.yaml")
+            if not os.path.isfile(config_path):
+                raise ValueError(f"--resume: no run config at {config_path}")
+            cfg = load_config(config_path, train_overrides(args))
+            cfg.train.run_dir = args.resume
+        else:
+            cfg = load_config(args.config, train_overrides(args))
         import keras
 
-        from detector.training import run
+        from detector.training import TrainingStopped, run
 
         keras.utils.set_random_seed(cfg.train.seed)
-        run(cfg)
+        try:
+            run(cfg, resume=bool(args.resume))
+        except TrainingStopped as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 3
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

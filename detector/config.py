@@ -86,7 +86,16 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation. `warmup_epochs` = linear lr burn-in; `max_minutes` 0 = no time budget."""
+    """Optimisation and the run.
+
+    `warmup_epochs`: darknet's burn-in, lr·(step/burn_in)^`warmup_power`. `schedule`:
+    cosine (to `final_lr_fraction`·lr), steps (×`step_factor` at each epoch in `steps`)
+    or constant. `clip_norm`: gradient clipping by global norm (0 = off). `ema_momentum`:
+    exponential moving average of the weights kept by the optimiser and used for
+    evaluation and checkpoints (0 = off). `max_minutes`: wall-clock budget (0 = none).
+    `patience`: stop after this many evaluations without a better AP (0 = never).
+    `jit_compile`: XLA for the train step.
+    """
 
     epochs: int = 100
     optimizer: str = "adam"
@@ -94,11 +103,18 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
+    warmup_power: float = 4.0
     schedule: str = "cosine"
     final_lr_fraction: float = 0.01
+    steps: list[float] = field(default_factory=list)
+    step_factor: float = 0.1
+    clip_norm: float = 0.0
+    ema_momentum: float = 0.0
     max_minutes: float = 0.0
+    patience: int = 0
     seed: int = 0
     precision: str = "float32"
+    jit_compile: bool = False
     run_dir: str = "runs/default"
 
 
@@ -164,7 +180,10 @@ _RULES: dict[str, _Rule] = {
     "train.optimizer": _one_of("adam", "sgd", "adamw"),
     "loss.objectness": _one_of("mse", "bce"),
     "train.precision": _one_of("float32", "mixed_float16", "mixed_bfloat16"),
-    "train.schedule": _one_of("cosine", "constant"),
+    "train.schedule": _one_of("cosine", "steps", "constant"),
+    "train.steps": ((lambda v: all(x > 0 for x in v)), "a list of epochs > 0"),
+    "train.ema_momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "train.step_factor": ((lambda v: v > 0), "> 0"),
     **dict.fromkeys(("model.width", "train.lr"), ((lambda v: v > 0), "> 0")),
     "model.input_size": ((lambda v: v > 0 and v % 32 == 0), "a positive multiple of 32"),
     "data.workers": ((lambda v: v == -1 or v >= 1), "-1 (AUTOTUNE) or >= 1"),
@@ -182,7 +201,8 @@ _RULES: dict[str, _Rule] = {
     **dict.fromkeys(
         ("loss.coord_scale", "loss.object_scale", "loss.noobject_scale", "loss.class_scale")
         + ("loss.warmup_images", "loss.prior_scale", "train.weight_decay", "train.warmup_epochs")
-        + ("train.max_minutes", "eval.warmup"),
+        + ("train.max_minutes", "eval.warmup", "train.clip_norm", "train.patience")
+        + ("train.warmup_power",),
         ((lambda v: v >= 0), ">= 0"),
     ),
     **dict.fromkeys(

@@ -58,11 +58,12 @@ def load_coco(annotation_file: str) -> COCO:
         return COCO(annotation_file)
 
 
-def coco_metrics(coco_gt: COCO, results: list[dict]) -> dict:
+def coco_metrics(coco_gt: COCO, results: list[dict], curves: dict | None = None) -> dict:
     """Runs COCOeval (bbox) on a results list; returns the 12 stats and ``per_class``.
 
     ``per_class`` maps each category name to its AP@[.5:.95] (area all, 100 dets), or
-    -1 where the category has no ground truth, as COCOeval reports it.
+    -1 where the category has no ground truth, as COCOeval reports it. A `curves` dict,
+    if given, receives the precision-recall curves (see `pr_curves`).
     """
     categories = coco_gt.loadCats(coco_gt.getCatIds())
     if not results:
@@ -81,7 +82,26 @@ def coco_metrics(coco_gt: COCO, results: list[dict]) -> dict:
         values = values[values > -1]
         per_class[coco_gt.cats[cat_id]["name"]] = float(values.mean()) if values.size else -1.0
     metrics["per_class"] = per_class
+    if curves is not None:
+        curves.update(pr_curves(evaluator))
     return metrics
+
+
+def pr_curves(evaluator: COCOeval) -> dict:
+    """Class-averaged precision at COCOeval's 101 recall points (area all, 100 dets):
+    {"recall": (101,), "IoU=0.50": (101,), "IoU=0.75": (101,), "IoU=0.50:0.95": (101,)}."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K)
+    valid = precision > -1
+    thresholds = evaluator.params.iouThrs
+
+    def mean(p, v):
+        return np.where(v.any(-1), (p * v).sum(-1) / np.maximum(v.sum(-1), 1), 0.0)
+
+    per_t = mean(precision, valid)  # (T, R)
+    t50 = int(np.argmin(np.abs(thresholds - 0.5)))
+    t75 = int(np.argmin(np.abs(thresholds - 0.75)))
+    return {"recall": np.asarray(evaluator.params.recThrs), "IoU=0.50": per_t[t50],
+            "IoU=0.75": per_t[t75], "IoU=0.50:0.95": per_t.mean(0)}  # fmt: skip
 
 
 def make_predict_fn(model, score_threshold=0.005, nms_iou=0.45, max_detections=100):
@@ -192,11 +212,16 @@ def records_to_coco(dataset: Dataset) -> dict:
 
 
 def evaluate_model(
-    model, dataset: Dataset, input_size: int, coco_gt: COCO | None = None, **predict_kwargs
+    model,
+    dataset: Dataset,
+    input_size: int,
+    coco_gt: COCO | None = None,
+    curves=None,
+    **predict_kwargs,
 ) -> tuple[dict, list[dict]]:
     """Predicts the dataset and scores it with COCOeval. Returns (metrics, results)."""
     results = predict_results(model, dataset, input_size, **predict_kwargs)
-    return coco_metrics(coco_gt or ground_truth(dataset), results), results
+    return coco_metrics(coco_gt or ground_truth(dataset), results, curves), results
 
 
 def format_metrics(metrics: dict) -> str:

@@ -1,5 +1,6 @@
 """``run(config)``: builds data, model and callbacks, calls ``fit``, fills the run directory."""
 
+import json
 import os
 import time
 
@@ -7,7 +8,15 @@ import keras
 import numpy as np
 
 from detector.anchors import box_shapes, kmeans_anchors, mean_best_iou
-from detector.callbacks import BestCocoAP, LearningRateSchedule, MetricsCSV, TimeBudget
+from detector.callbacks import (
+    BestCocoAP,
+    LearningRateSchedule,
+    MetricsCSV,
+    NonFiniteGuard,
+    NonFiniteLoss,
+    TimeBudget,
+    ema_weights,
+)
 from detector.config import Config, save_config
 from detector.data.augment import build_augmenter
 from detector.data.pipeline import make_train_dataset
@@ -17,6 +26,7 @@ from detector.evaluation import STAT_NAMES, evaluate_model, format_metrics, grou
 from detector.io import atomic_save
 from detector.loss import TERMS, YoloLoss, identity_loss
 from detector.model import build_inference_model, build_training_model
+from detector.state import RunState, resolve, truncate_csv
 
 
 def choose_anchors(cfg: Config, train: Dataset) -> list[list[float]]:
@@ -36,12 +46,16 @@ def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
     SGD (darknet's) and AdamW decay the conv kernels only, not BatchNorm or biases.
     """
     t = cfg.train
+    common = {"global_clipnorm": t.clip_norm or None, "use_ema": t.ema_momentum > 0,
+              "ema_momentum": t.ema_momentum or 0.99}  # fmt: skip
     if t.optimizer == "adam":
-        return keras.optimizers.Adam(t.lr)
+        return keras.optimizers.Adam(t.lr, **common)
     if t.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        optimizer = keras.optimizers.SGD(
+            t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **common
+        )
     else:
-        optimizer = keras.optimizers.AdamW(t.lr, weight_decay=t.weight_decay)
+        optimizer = keras.optimizers.AdamW(t.lr, weight_decay=t.weight_decay, **common)
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer
 
@@ -76,42 +90,72 @@ def report_problems(name: str, dataset: Dataset) -> None:
 
 
 class SaveLast(keras.callbacks.Callback):
-    """Saves the inference model to ``last.keras`` atomically at every epoch end."""
+    """Saves the evaluation model (float32, the EMA weights when there are) to
+    ``last.keras`` atomically at every epoch end."""
 
-    def __init__(self, inference_model: keras.Model, path: str):
+    def __init__(self, best: BestCocoAP, path: str):
         super().__init__()
-        self.inference_model = inference_model
+        self.best = best
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        atomic_save(self.path, self.inference_model.save, suffix=".keras")
+        weights = ema_weights(self.best.inference_model, self.model.optimizer)
+        self.best.eval_model.set_weights(weights)
+        atomic_save(self.path, self.best.eval_model.save, suffix=".keras")
 
 
-def run(cfg: Config) -> dict:
-    """Trains as configured; returns the COCO metrics of ``best.keras`` on the val split."""
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose with a message for the user (e.g. a non-finite loss)."""
+
+
+def run(cfg: Config, resume: bool = False) -> dict:
+    """Trains as configured; returns the COCO metrics of ``best.keras`` on the val split.
+
+    With ``resume``, ``cfg.train.run_dir`` is an existing run whose state (weights,
+    optimiser, EMA, epoch, best AP, time spent, data position) is restored from
+    ``RUN_DIR/state``; training continues to ``cfg.train.epochs``.
+    """
     start = time.monotonic()
     train = load_dataset(cfg.data.spec, "train")
     val = load_dataset(cfg.data.spec, "val")
     report_problems("train", train)
     report_problems("val", val)
-    run_dir = unique_run_dir(cfg.train.run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    anchors = choose_anchors(cfg, train)
-    cfg.model.anchors, cfg.model.num_anchors = anchors, len(anchors)
-    cfg.train.run_dir = run_dir
+    steps = len(train.records) // cfg.data.batch_size
+    if steps == 0:
+        raise ValueError(f"data.batch_size: {cfg.data.batch_size} exceeds the "
+                         f"{len(train.records)} training images")  # fmt: skip
+    meta = None
+    if resume:
+        run_dir = cfg.train.run_dir
+        meta = resolve(run_dir)
+        done = meta["epoch"] if meta else 0
+        if done >= cfg.train.epochs:
+            raise ValueError(f"{run_dir} has finished its {done} epochs; pass a larger --epochs "
+                             "to extend it")  # fmt: skip
+        print(f"resuming {run_dir} after epoch {done}" if meta else
+              f"{run_dir}: no completed epoch saved yet, starting it again")  # fmt: skip
+        anchors = cfg.model.anchors
+    else:
+        run_dir = unique_run_dir(cfg.train.run_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        anchors = choose_anchors(cfg, train)
+        cfg.model.anchors, cfg.model.num_anchors = anchors, len(anchors)
+        cfg.train.run_dir = run_dir
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    done = meta["epoch"] if meta else 0
+    csv_path = os.path.join(run_dir, "metrics.csv")
+    truncate_csv(csv_path, done)
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     print(f"run directory: {run_dir}  ({len(train.records)} train / {len(val.records)} val images)")
 
+    d, t, e = cfg.data, cfg.train, cfg.eval
     inference = build_inference_model(
         len(train.names), anchors, cfg.model.variant, cfg.model.width, cfg.model.input_size,
-        class_names=train.names, category_ids=train.category_ids, letterbox=cfg.data.letterbox,
+        class_names=train.names, category_ids=train.category_ids, letterbox=d.letterbox,
     )  # fmt: skip
     model = build_training_model(inference, make_loss(cfg, anchors, len(train.names)),
-                                 cfg.data.max_boxes)  # fmt: skip
-    model.compile(optimizer=make_optimizer(cfg), loss=identity_loss)
-
-    d = cfg.data
+                                 d.max_boxes)  # fmt: skip
+    model.compile(optimizer=make_optimizer(cfg), loss=identity_loss, jit_compile=t.jit_compile)
 
     def make_augmenter():
         return build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation,
@@ -119,35 +163,53 @@ def run(cfg: Config) -> dict:
 
     train_ds = make_train_dataset(
         train.records, cfg.model.input_size, anchors, d.batch_size, d.max_boxes,
-        make_augmenter, seed=cfg.train.seed, parallel_calls=d.workers,  # -1 = AUTOTUNE
+        make_augmenter, seed=t.seed, parallel_calls=d.workers,  # -1 = AUTOTUNE
         iou_thresh=cfg.loss.iou_thresh, letterbox=d.letterbox,
         multiscale=tuple(d.multiscale) or None, multiscale_every=d.multiscale_every,
+        start_step=done * steps,
     )  # fmt: skip
-    steps = len(train.records) // d.batch_size
-    if steps == 0:
-        raise ValueError(f"data.batch_size: {d.batch_size} exceeds the "
-                         f"{len(train.records)} training images")  # fmt: skip
-    budget = TimeBudget(cfg.train.max_minutes, start)
-    e = cfg.eval
+    spent = meta.get("seconds", 0.0) if meta else 0.0
+    budget = TimeBudget(t.max_minutes, start, spent_before=spent)
+    best_ap = meta.get("best_ap", -1.0) if meta else -1.0
+    best_json = os.path.join(run_dir, "best.json")
+    if resume and os.path.isfile(best_json):  # a best saved after the last state counts too
+        with open(best_json) as f:
+            best_ap = max(best_ap, json.load(f).get("AP", -1.0))
+    best = BestCocoAP(
+        inference, val, ground_truth(val), run_dir, e.is_eval_epoch, best_ap=best_ap,
+        patience=t.patience, image_dir=os.path.join(run_dir, "tensorboard", "images"),
+        batch_size=e.batch_size, score_threshold=e.score_threshold,
+        nms_iou=e.nms_iou, max_detections=e.max_detections,
+    )  # fmt: skip
+    decay = [int(round(epoch * steps)) for epoch in t.steps]
     callbacks = [
+        NonFiniteGuard(),
         LearningRateSchedule(
-            cfg.train.lr, steps * cfg.train.epochs, int(cfg.train.warmup_epochs * steps),
-            cfg.train.schedule, cfg.train.final_lr_fraction, budget,
+            t.lr, steps * t.epochs, int(t.warmup_epochs * steps), t.schedule,
+            t.final_lr_fraction, budget, power=t.warmup_power, decay_steps=decay,
+            factor=t.step_factor,
         ),
         budget,
-        BestCocoAP(
-            inference, val, ground_truth(val), run_dir, e.is_eval_epoch,
-            batch_size=e.batch_size, score_threshold=e.score_threshold,
-            nms_iou=e.nms_iou, max_detections=e.max_detections,
-        ),
-        SaveLast(inference, os.path.join(run_dir, "last.keras")),
-        MetricsCSV(os.path.join(run_dir, "metrics.csv"), ["lr", "loss", *TERMS, *STAT_NAMES]),
+        best,
+        SaveLast(best, os.path.join(run_dir, "last.keras")),
+        MetricsCSV(csv_path, ["lr", "loss", *TERMS, *STAT_NAMES],
+                   plot_path=os.path.join(run_dir, "curves.png")),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
+        # Last: it saves the state once everything above has finished with the epoch.
+        RunState(run_dir, extras=lambda: {"best_ap": best.best_ap, "seconds": budget.spent()}),
     ]  # fmt: skip
-    model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, callbacks=callbacks,
-              shuffle=False, verbose=2 if os.environ.get("CI") else 1)  # fmt: skip
+    try:
+        model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                  shuffle=False, verbose=2 if os.environ.get("CI") else 1)  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"\ninterrupted. The state after the last completed epoch is saved in "
+              f"{os.path.join(run_dir, 'state')}; continue with:\n"
+              f"  python train.py --resume {run_dir}")  # fmt: skip
+        raise
+    except NonFiniteLoss as error:
+        raise TrainingStopped(str(error)) from None
     if budget.stopped:
-        print(f"stopped after the {cfg.train.max_minutes:g}-minute budget")
+        print(f"stopped after the {t.max_minutes:g}-minute budget")
     return final_report(run_dir, val, e)
 
 

@@ -16,7 +16,7 @@ def make_callback(tiny_spec, run_dir, aps):
     model = build_inference_model(len(val.names), [[1, 1], [2, 2]], "tiny", 0.25, 64, val.names)
     callback = BestCocoAP(model, val, ground_truth(val), str(run_dir), lambda epoch: True)
     scripted = iter(aps)
-    callback.evaluate = lambda: {"AP": next(scripted), "per_class": {}, **dict.fromkeys(
+    callback.evaluate = lambda curves=None: {"AP": next(scripted), "per_class": {}, **dict.fromkeys(
         ("AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"), 0.0
     )}  # fmt: skip
     callback.set_model(model)
@@ -72,10 +72,23 @@ def test_evaluation_model_gets_the_training_weights(tiny_spec, tmp_path):
 
 
 def test_learning_rate_burn_in_then_cosine():
-    schedule = LearningRateSchedule(1.0, total_steps=110, warmup_steps=10, final_fraction=0.0)
+    schedule = LearningRateSchedule(1.0, total_steps=110, warmup_steps=10, final_fraction=0.0,
+                                     power=2)  # fmt: skip
     assert schedule.lr_at(0) == pytest.approx((1 / 10) ** 2)
     assert schedule.lr_at(9) == pytest.approx(1.0)
     assert schedule.lr_at(60) == pytest.approx(0.5)
     assert schedule.lr_at(110) == pytest.approx(0.0)
     # Half the wall-clock budget spent at step 10 -> already half-way down the cosine.
     assert schedule.lr_at(10, time_fraction=0.5) == pytest.approx(0.5)
+
+
+def test_darknet_burn_in_and_step_decay():
+    schedule = LearningRateSchedule(0.001, total_steps=1000, warmup_steps=100, schedule="steps",
+                                    decay_steps=[400, 700], factor=0.1)  # fmt: skip
+    assert schedule.lr_at(49) == pytest.approx(0.001 * 0.5**4)  # darknet: (step/burn_in)^4
+    assert schedule.lr_at(99) == pytest.approx(0.001)
+    assert schedule.lr_at(399) == pytest.approx(0.001)
+    assert schedule.lr_at(400) == pytest.approx(0.0001)
+    assert schedule.lr_at(700) == pytest.approx(0.00001)
+    constant = LearningRateSchedule(0.01, 1000, 0, schedule="constant")
+    assert constant.lr_at(999, time_fraction=0.9) == 0.01

@@ -33,6 +33,47 @@ def read_image(path: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+class DarknetHSV(A.ImageOnlyTransform):
+    """darknet's colour jitter (``random_distort_image``) on uint8 RGB, with lookup tables.
+
+    Hue is shifted by a uniform draw in [-hue, hue] of the colour circle; saturation and
+    value (darknet's "exposure") are multiplied by darknet's ``rand_scale(s)``: a uniform
+    draw in [1, s], inverted with probability 1/2.
+    """
+
+    def __init__(self, hue: float = 0.1, saturation: float = 1.5, exposure: float = 1.5,
+                 p: float = 1.0):  # fmt: skip
+        super().__init__(p=p)
+        self.hue, self.saturation, self.exposure = hue, saturation, exposure
+
+    def _scale(self, s: float) -> float:
+        scale = self.py_random.uniform(1.0, s)
+        return scale if self.py_random.random() < 0.5 else 1.0 / scale
+
+    def get_params(self) -> dict:
+        return {
+            "dhue": self.py_random.uniform(-self.hue, self.hue),
+            "dsat": self._scale(self.saturation),
+            "dexp": self._scale(self.exposure),
+        }
+
+    def apply(self, img: np.ndarray, dhue: float, dsat: float, dexp: float, **params):
+        if dhue == 0.0 and dsat == 1.0 and dexp == 1.0:
+            return img  # the HSV round trip itself would round some values
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)  # OpenCV: H in 0..179
+        x = np.arange(256, dtype=np.float32)
+        luts = (
+            np.mod(x + dhue * 180.0, 180.0).astype(np.uint8),
+            np.clip(x * dsat, 0, 255).astype(np.uint8),
+            np.clip(x * dexp, 0, 255).astype(np.uint8),
+        )
+        channels = [cv2.LUT(c, lut) for c, lut in zip(cv2.split(hsv), luts, strict=True)]
+        return cv2.cvtColor(cv2.merge(channels), cv2.COLOR_HSV2RGB)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("hue", "saturation", "exposure")
+
+
 def build_augmenter(
     hflip: float = 0.5,
     scale: tuple[float, float] = (0.75, 1.25),
@@ -76,13 +117,7 @@ def build_augmenter(
                 fill=FILL,
                 p=1.0,
             ),
-            A.ColorJitter(
-                brightness=(1.0 / exposure, exposure),
-                contrast=(1.0, 1.0),
-                saturation=(1.0 / saturation, saturation),
-                hue=(-hue, hue),
-                p=1.0,
-            ),
+            DarknetHSV(hue, saturation, exposure),
         ],
         bbox_params=A.BboxParams(
             format="pascal_voc",

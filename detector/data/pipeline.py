@@ -33,12 +33,16 @@ def make_train_dataset(
     letterbox: bool = False,
     multiscale: tuple[int, int] | None = None,
     multiscale_every: int = 10,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """Shuffled, augmented, encoded training batches, endlessly (``fit`` counts the steps).
 
     Yields ``((images, y_true, true_boxes), dummy)``: images (B, S, S, 3) float32 pixels
     0..255, y_true (B, S/32, S/32, A, 6), true_boxes (B, max_boxes, 4), dummy (B,) zeros.
-    Each pass over the records is reshuffled; batches are always full.
+    Pass k over the records is the permutation drawn from (seed, k), so the data order is
+    a function of the seed and the position in the stream: ``start_step`` (batches
+    already trained, e.g. by a resumed run) starts the stream where such a run left it.
+    Batches are always full.
     ``make_augmenter`` builds one augmenter per loading thread: an albumentations
     ``Compose`` keeps per-call state, so threads must not share one.
     ``iou_thresh``: extra anchor matches, see ``detector.targets.encode_targets``.
@@ -85,9 +89,16 @@ def make_train_dataset(
         inputs = (tf.cast(image, tf.float32), y_true, true_boxes)
         return inputs, tf.zeros((), tf.float32)
 
-    ds = tf.data.Dataset.range(len(records))
-    ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.enumerate()
+    n = len(records)
+    start = start_step * batch_size  # elements already consumed
+
+    def one_pass(k):
+        seeds = tf.stack([tf.constant(seed, tf.int64), k])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seeds)
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    ds = tf.data.Dataset.range(start // n, 2**62).flat_map(one_pass).skip(start % n)
+    ds = ds.enumerate(start=start)
     # With multi-scale, batches must be formed in order so no batch mixes two sizes.
     ds = ds.map(load_tf, num_parallel_calls=parallel_calls, deterministic=bool(multiscale))
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

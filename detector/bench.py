@@ -1,0 +1,297 @@
+"""Where training and evaluation time goes, measured side by side in one process.
+
+    python -m detector.bench [--config FILE] [--json OUT] [--quick]
+
+Every number is a ratio of two timings taken here, one after the other, so that a noisy
+shared machine cancels out as far as it can; see docs/performance.md for what each
+number means and the targets.
+
+FLOPs are counted as darknet counts them: a convolution costs 2·K·K·C_in·C_out·H_out·W_out
+(a multiply and an add per weight and output); other layers are left out (they are < 1 %
+of YOLOv2). A training step is counted as 3× the forward FLOPs (forward, gradient with
+respect to the activations, gradient with respect to the weights: each about one
+forward's worth of multiply-adds).
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+TARGETS = {
+    "pipeline_ratio": (">=", 0.95),
+    "loss_overhead": ("<=", 0.10),
+    "full_step_vs_matmul": (">=", 0.50),
+    "eval_vs_forward": (">=", 0.80),
+    "callback_share": ("<=", 0.15),
+}
+
+
+def conv_flops(model, input_size: int) -> float:
+    """Forward FLOPs of every Conv2D of `model` for one (input_size, input_size) image."""
+    import keras
+
+    total = 0.0
+    probe = keras.Model(model.inputs, [layer.output for layer in _convs(model)])
+    shapes = [o.shape for o in probe.compute_output_spec(
+        keras.KerasTensor((1, input_size, input_size, 3)))]  # fmt: skip
+    for layer, shape in zip(_convs(model), shapes, strict=True):
+        kh, kw, c_in, c_out = layer.kernel.shape
+        total += 2.0 * kh * kw * c_in * c_out * shape[1] * shape[2]
+    return total
+
+
+def _convs(model):
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+
+def ratios(t: dict) -> dict:
+    """The derived numbers from the measured ones (pure arithmetic, tested)."""
+    out = dict(t)
+    out["step_gflops"] = t["train_flops_per_image"] * t["step_ips"] / 1e9
+    out["step_vs_matmul"] = out["step_gflops"] / t["matmul_gflops"]
+    if "full_step_ips" in t:
+        out["full_step_gflops"] = t["full_train_flops_per_image"] * t["full_step_ips"] / 1e9
+        out["full_step_vs_matmul"] = out["full_step_gflops"] / t["matmul_gflops"]
+    out["pipeline_ratio"] = t["fit_ips"] / min(t["pipeline_ips"], t["step_ips"])
+    out["loss_overhead"] = (t["step_seconds_yolo"] - t["step_seconds_mse"]) / t["step_seconds_yolo"]
+    out["eval_vs_forward"] = t["eval_ips"] / t["forward_ips"]
+    out["callback_share"] = t["eval_seconds_per_epoch"] / t["epoch_seconds"]
+    return out
+
+
+def _timed(fn, repeats: int) -> float:
+    """Seconds per call of `fn`: the fastest of `repeats` calls after a warm-up call."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """float32 matmul throughput: the machine's practical ceiling for dense math."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    mm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    seconds = _timed(lambda: mm().numpy(), repeats)
+    return 2.0 * n**3 / seconds / 1e9
+
+
+def _train_model(cfg, anchors, num_classes, variant, width, max_boxes, loss="yolo"):
+    import keras
+
+    from detector.loss import identity_loss
+    from detector.model import build_inference_model, build_training_model
+    from detector.training import make_loss, make_optimizer
+
+    inference = build_inference_model(num_classes, anchors, variant, width, cfg.model.input_size)
+    if loss == "yolo":
+        model = build_training_model(inference, make_loss(cfg, anchors, num_classes), max_boxes)
+        model.compile(optimizer=make_optimizer(cfg), loss=identity_loss,
+                      jit_compile=cfg.train.jit_compile)  # fmt: skip
+    else:
+        model = inference
+        model.compile(optimizer=make_optimizer(cfg), loss="mse", jit_compile=cfg.train.jit_compile)
+    keras.mixed_precision.set_global_policy(cfg.train.precision)
+    return inference, model
+
+
+def _fit_seconds_per_step(model, data, steps: int) -> float:
+    """Seconds per train step on one cached batch (after a tracing call)."""
+    return _interleaved_step_seconds([(model, data)], steps, rounds=1)[0]
+
+
+def _interleaved_step_seconds(jobs, steps: int, rounds: int = 3) -> list[float]:
+    """Seconds per train step of each (model, batch) job, measured in alternation,
+    `rounds` times, keeping each job's fastest round: on a shared machine the slow
+    rounds are the ones something else ran in."""
+    import tensorflow as tf
+
+    sets = [
+        data if isinstance(data, tf.data.Dataset) else tf.data.Dataset.from_tensors(data).repeat()
+        for _, data in jobs
+    ]
+    for (model, _), ds in zip(jobs, sets, strict=True):
+        model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace
+    best = [math.inf] * len(jobs)
+    for _ in range(rounds):
+        for i, ((model, _), ds) in enumerate(zip(jobs, sets, strict=True)):
+            start = time.perf_counter()
+            model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+            best[i] = min(best[i], (time.perf_counter() - start) / steps)
+    return best
+
+
+def measure(cfg, quick: bool = False) -> dict:
+    """Runs every measurement; returns the raw timings and the derived ratios."""
+    import keras
+    import tensorflow as tf
+
+    from detector.callbacks import BestCocoAP
+    from detector.data.augment import build_augmenter
+    from detector.data.pipeline import make_train_dataset
+    from detector.data.spec import load_dataset
+    from detector.evaluation import evaluate_model, ground_truth, make_predict_fn
+    from detector.model import build_inference_model
+    from detector.training import choose_anchors
+
+    keras.mixed_precision.set_global_policy(cfg.train.precision)
+    d, e = cfg.data, cfg.eval
+    train, val = load_dataset(d.spec, "train"), load_dataset(d.spec, "val")
+    anchors = choose_anchors(cfg, train)
+    size, batch, classes = cfg.model.input_size, d.batch_size, len(train.names)
+    steps = 5 if quick else 30
+    t: dict = {"config": {"variant": cfg.model.variant, "width": cfg.model.width,
+                          "input_size": size, "batch_size": batch,
+                          "precision": cfg.train.precision}}  # fmt: skip
+
+    def make_augmenter():
+        return build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation,
+                               d.exposure, d.min_visibility)  # fmt: skip
+
+    pipeline = make_train_dataset(train.records, size, anchors, batch, d.max_boxes,
+                                  make_augmenter, iou_thresh=cfg.loss.iou_thresh,
+                                  letterbox=d.letterbox)  # fmt: skip
+    it = iter(pipeline)
+    first = next(it)
+    n = 5 if quick else 40
+    start = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    t["pipeline_ips"] = n * batch / (time.perf_counter() - start)
+
+    inference, model = _train_model(cfg, anchors, classes, cfg.model.variant, cfg.model.width,
+                                    d.max_boxes)  # fmt: skip
+    _, plain = _train_model(cfg, anchors, classes, cfg.model.variant, cfg.model.width,
+                            d.max_boxes, loss="mse")  # fmt: skip
+    raw_target = np.zeros(plain.compute_output_shape((batch, size, size, 3)), np.float32)
+    yolo_s, mse_s, fit_s = _interleaved_step_seconds(
+        [(model, first), (plain, (first[0][0], raw_target)), (model, pipeline)],
+        steps, rounds=2 if quick else 4,
+    )  # fmt: skip
+    t["step_seconds_yolo"], t["step_seconds_mse"] = yolo_s, mse_s
+    t["step_ips"] = batch / yolo_s
+    t["fit_ips"] = batch / fit_s
+    t["train_flops_per_image"] = 3 * conv_flops(inference, size)
+    t["matmul_gflops"] = matmul_gflops(512 if quick else 1024)
+
+    # one epoch over the real pipeline with the evaluation callback, timed apart
+    best = BestCocoAP(inference, val, ground_truth(val), "/tmp", lambda epoch: True,
+                      batch_size=e.batch_size)  # fmt: skip
+    best.save_best = lambda *a, **k: None
+    timer = {"eval": 0.0}
+    evaluate = best.evaluate
+
+    def timed_evaluate(curves=None):
+        start = time.perf_counter()
+        out = evaluate(curves)
+        timer["eval"] += time.perf_counter() - start
+        return out
+
+    best.evaluate = timed_evaluate
+    epoch_steps = 5 if quick else len(train.records) // batch
+    model.fit(pipeline, steps_per_epoch=2, epochs=1, verbose=0)
+    start = time.perf_counter()
+    model.fit(pipeline, steps_per_epoch=epoch_steps, epochs=1, verbose=0, callbacks=[best])
+    epoch = time.perf_counter() - start
+    t["eval_seconds_per_epoch"] = timer["eval"] / e.every
+    t["epoch_seconds"] = epoch - timer["eval"] + t["eval_seconds_per_epoch"]
+
+    # inference: the compiled forward alone vs what evaluate.py does end to end
+    images = first[0][0]
+    forward = tf.function(lambda x: inference(x, training=False))
+    t["forward_ips"] = batch / _timed(lambda: forward(images).numpy(), 3 if quick else 10)
+    predict = make_predict_fn(inference, e.score_threshold, e.nms_iou, e.max_detections)
+    truth = ground_truth(val)
+
+    def run_eval():
+        evaluate_model(inference, val, size, truth, batch_size=e.batch_size, predict_fn=predict)
+
+    t["eval_ips"] = len(val.records) / _timed(run_eval, 1 if quick else 3)
+
+    # the full-width Darknet-19 at 416, batch 4: how close the convolutions get to matmul
+    full_size, full_batch = 416, 4
+    full = build_inference_model(classes, anchors, "darknet19", 1.0, full_size)
+    full.compile(optimizer="sgd", loss="mse")
+    x = tf.random.uniform((full_batch, full_size, full_size, 3), 0, 255)
+    y = np.zeros(full.compute_output_shape((full_batch, full_size, full_size, 3)), np.float32)
+    seconds = _fit_seconds_per_step(full, (x, y), 2 if quick else 4)
+    t["full_step_ips"] = full_batch / seconds
+    t["full_train_flops_per_image"] = 3 * conv_flops(full, full_size)
+    t["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return ratios(t)
+
+
+ROWS = (
+    ("pipeline_ips", "input pipeline alone, images/s"),
+    ("step_ips", "compiled train step on cached batches, images/s"),
+    ("step_gflops", "  achieved GFLOP/s (3x forward conv FLOPs)"),
+    ("matmul_gflops", "float32 matmul in this process, GFLOP/s"),
+    ("step_vs_matmul", "  step / matmul"),
+    ("full_step_ips", "full Darknet-19 @416, batch 4, images/s"),
+    ("full_step_gflops", "  achieved GFLOP/s"),
+    ("full_step_vs_matmul", "  full step / matmul"),
+    ("fit_ips", "fit over the real pipeline, images/s"),
+    ("pipeline_ratio", "  fit / min(pipeline, step)"),
+    ("loss_overhead", "(YoloLoss step - MSE step) / YoloLoss step"),
+    ("forward_ips", "compiled forward on cached batches, images/s"),
+    ("eval_ips", "evaluate (decode+NMS+JSON+COCOeval), images/s"),
+    ("eval_vs_forward", "  eval / forward"),
+    ("callback_share", "BestCocoAP time / epoch time"),
+    ("peak_rss_mb", "peak resident memory, MB"),
+)
+
+
+def format_table(r: dict) -> str:
+    lines = [f"{'measure':<22} {'value':>10}  meaning"]
+    for key, meaning in ROWS:
+        if key in r:
+            target = TARGETS.get(key)
+            mark = ""
+            if target:
+                ok = r[key] >= target[1] if target[0] == ">=" else r[key] <= target[1]
+                mark = f"  [target {target[0]} {target[1]}: {'met' if ok else 'MISSED'}]"
+            lines.append(f"{key:<22} {r[key]:>10.3f}  {meaning}{mark}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m detector.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--json", help="write the numbers here")
+    parser.add_argument("--quick", action="store_true", help="a few steps of each (smoke run)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    from detector.config import load_config
+
+    try:
+        cfg = load_config(args.config, args.set)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    results = measure(cfg, quick=args.quick)
+    print(format_table(results))
+    if args.json:
+        from detector.io import atomic_write_text
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        atomic_write_text(args.json, json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

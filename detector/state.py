@@ -1,0 +1,139 @@
+"""The resume state of a run: Keras' ``BackupAndRestore``, made kill-safe, plus our extras.
+
+``keras.callbacks.BackupAndRestore`` (with ``double_checkpoint=True``) is the mechanism:
+at every epoch end it saves the model weights *with the optimiser state* (Adam moments or
+SGD momentum, the iteration count the lr schedule reads, and the optimiser's EMA of the
+weights) and the epoch counter; at ``fit`` start it restores them and ``fit`` continues at
+the next epoch. It is also what tf.distribute's multi-worker fault tolerance relies on.
+What it does not do, `RunState` adds:
+
+- every file is written to a temporary name and renamed, and the metadata records the
+  weights file's size and CRC32, so a ``kill -9`` in the middle of a save leaves either
+  the new pair or, detected on load, the previous pair (`resolve`);
+- the metadata carries what Keras does not know: the best AP so far, the wall-clock
+  seconds already spent (for ``--max-minutes`` across resumes);
+- the state is kept after training ends, so a finished run can be extended.
+
+The data order is a function of (seed, epoch) (``make_train_dataset(start_step=...)``)
+and ``metrics.csv`` is cut back to the restored epoch (`truncate_csv`), so a resumed run
+logs every epoch exactly once.
+"""
+
+import csv
+import json
+import os
+import shutil
+import zlib
+
+import keras
+
+from detector.io import atomic_path, atomic_write_text
+
+STATE_DIR = "state"
+WEIGHTS = "latest.weights.h5"
+METADATA = "training_metadata.json"
+
+
+def _crc32(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _pair_is_valid(weights: str, metadata: str) -> dict | None:
+    """The metadata dict if both files exist and the weights match it, else None."""
+    try:
+        with open(metadata, encoding="utf-8") as f:
+            meta = json.load(f)
+        ok = (
+            os.path.getsize(weights) == meta["weights_size"]
+            and _crc32(weights) == meta["weights_crc32"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta if ok else None
+
+
+def resolve(run_dir: str) -> dict | None:
+    """The metadata of the newest complete state of `run_dir` (None when there is none).
+
+    When the latest pair is incomplete (a kill between its two renames) and the previous
+    pair is complete, the previous one is made the latest again, so that
+    ``BackupAndRestore`` loads it.
+    """
+    folder = os.path.join(run_dir, STATE_DIR)
+    weights, metadata = os.path.join(folder, WEIGHTS), os.path.join(folder, METADATA)
+    meta = _pair_is_valid(weights, metadata)
+    if meta is not None:
+        return meta
+    previous = _pair_is_valid(weights + ".bkp", metadata + ".bkp")
+    if previous is None:
+        return None
+    for name in (WEIGHTS, METADATA):
+        with atomic_path(os.path.join(folder, name)) as tmp:
+            shutil.copyfile(os.path.join(folder, name + ".bkp"), tmp)
+    return previous
+
+
+class RunState(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` into ``RUN_DIR/state`` with atomic writes and extras.
+
+    Args:
+        run_dir: str. The run directory.
+        extras: callable() -> dict. JSON-able values saved with every state (e.g. the best
+            AP so far); read them back with `resolve`.
+    """
+
+    def __init__(self, run_dir: str, extras=None):
+        super().__init__(
+            os.path.join(run_dir, STATE_DIR), save_freq="epoch", double_checkpoint=True,
+            delete_checkpoint=False,
+        )  # fmt: skip
+        self.extras = extras or (lambda: {})
+
+    def on_train_begin(self, logs=None):
+        resolve(os.path.dirname(self.backup_dir))  # make the newest complete pair the latest
+        super().on_train_begin(logs)
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        weights = self._weights_path
+        metadata = self._training_metadata_path
+        if _pair_is_valid(weights, metadata) is not None:  # keep the previous complete pair
+            for src, dst in ((weights, self._prev_weights_path),
+                             (metadata, self._prev_training_metadata_path)):  # fmt: skip
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+        with atomic_path(weights, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
+            size, crc = os.path.getsize(tmp), _crc32(tmp)
+        meta = {
+            "epoch": self._current_epoch,
+            "batch": self._last_batch_seen,
+            "weights_size": size,
+            "weights_crc32": crc,
+            **self.extras(),
+        }
+        atomic_write_text(metadata, json.dumps(meta, indent=1))
+
+
+def truncate_csv(path: str, epochs_done: int) -> None:
+    """Keeps the header and the complete rows of epochs 1..epochs_done (atomically)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]  # a row cut by a kill
+    rows = list(csv.reader(lines))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [r for r in body if r and len(r) == len(header) and int(r[0]) <= epochs_done]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(kept)

@@ -1,0 +1,250 @@
+"""Resume, kill-safety, the NaN guard, precision modes: the run-state machinery."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import detector.layers  # noqa: F401  (registers the custom layers for load_model)
+from detector.callbacks import NonFiniteGuard, NonFiniteLoss
+from detector.config import load_config
+from detector.state import RunState, resolve, truncate_csv
+from detector.training import run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.variant=tiny", "model.width=0.125", "model.input_size=64",
+        "data.batch_size=8", "model.num_anchors=2", "train.max_minutes=0"]  # fmt: skip
+
+
+def _toy_model(ema: bool = True) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.01, use_ema=ema, ema_momentum=0.9), loss="mse")
+    return model
+
+
+DATA = (
+    np.random.default_rng(0).normal(size=(32, 4)),
+    np.random.default_rng(1).normal(size=(32, 1)),
+)
+
+
+class Snapshot(keras.callbacks.Callback):
+    """Copies every optimiser and model variable at an epoch boundary."""
+
+    def __init__(self, at_begin: bool):
+        super().__init__()
+        self.at_begin, self.values = at_begin, {}
+
+    def _take(self, epoch):
+        state = self.model.optimizer.variables + self.model.weights
+        # by position: layer names differ between two model instances
+        self.values[epoch] = {
+            f"{i}:{v.name.rsplit('_', 1)[-1]}": v.numpy() for i, v in enumerate(state)
+        }
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.at_begin:
+            self._take(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.at_begin:
+            self._take(epoch + 1)
+
+
+class Stop(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_resume_restores_weights_optimiser_and_ema_exactly(tmp_path):
+    first, after = _toy_model(), Snapshot(at_begin=False)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(*DATA, batch_size=8, epochs=4, verbose=0,
+                  callbacks=[after, RunState(str(tmp_path)), Stop()])  # fmt: skip
+    assert resolve(str(tmp_path))["epoch"] == 2
+    second, before = _toy_model(), Snapshot(at_begin=True)
+    history = second.fit(*DATA, batch_size=8, epochs=4, verbose=0,
+                         callbacks=[RunState(str(tmp_path)), before])  # fmt: skip
+    assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
+    saved, restored = after.values[2], before.values[2]
+    assert any("average" in k for k in saved) and any("momentum" in k for k in saved), saved
+    assert saved.keys() == restored.keys()
+    for name in saved:
+        np.testing.assert_array_equal(saved[name], restored[name], err_msg=name)
+    assert int(restored["0:iteration"]) == 8  # 2 epochs x 4 steps
+
+
+def test_kill_between_the_two_renames_falls_back_to_the_previous_state(tmp_path):
+    model = _toy_model()
+    state = RunState(str(tmp_path))
+    model.fit(*DATA, batch_size=8, epochs=2, verbose=0, callbacks=[state])
+    folder = tmp_path / "state"
+    assert resolve(str(tmp_path))["epoch"] == 2
+    # A kill after the new weights were renamed in but before the metadata was: the
+    # weights no longer match the metadata -> the previous pair (epoch 1) is used.
+    weights = folder / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    meta = resolve(str(tmp_path))
+    assert meta["epoch"] == 1
+    fresh = _toy_model()
+    fresh.optimizer.build(fresh.trainable_variables)
+    fresh.load_weights(str(weights))  # the restored latest pair loads
+    # A half-written weights file (a kill inside save_weights) never becomes the latest:
+    # it is written under a temporary name; no temporary file survives a normal save.
+    assert not [p for p in os.listdir(folder) if p.startswith(".")]
+
+
+def test_failure_inside_a_save_leaves_the_previous_state(tmp_path, monkeypatch):
+    model = _toy_model()
+    model.fit(*DATA, batch_size=8, epochs=1, verbose=0, callbacks=[RunState(str(tmp_path))])
+    before = (tmp_path / "state" / "latest.weights.h5").read_bytes()
+
+    def broken(self, filepath, overwrite=True):
+        Path(filepath).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save_weights", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.fit(*DATA, batch_size=8, epochs=2, initial_epoch=1, verbose=0,
+                  callbacks=[RunState(str(tmp_path))])  # fmt: skip
+    assert (tmp_path / "state" / "latest.weights.h5").read_bytes() == before
+    assert resolve(str(tmp_path))["epoch"] == 1
+
+
+def test_truncate_csv_keeps_complete_rows_up_to_the_epoch(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,loss\n1,0.5\n2,0.4\n3,0.3\n4,0.")
+    truncate_csv(str(path), 2)
+    assert path.read_text().splitlines() == ["epoch,loss", "1,0.5", "2,0.4"]
+    truncate_csv(str(path), 5)  # the cut row 4 is gone, complete rows stay
+    assert path.read_text().splitlines() == ["epoch,loss", "1,0.5", "2,0.4"]
+
+
+def test_nan_guard_stops_before_the_bad_step_reaches_the_state(tmp_path):
+    model = _toy_model(ema=False)
+
+    class Poison(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.params and batch == 2 and self.epoch == 1:
+                self.model.layers[0].kernel.assign(np.full((4, 3), np.nan, "float32"))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2, step 3.*learning rate"):
+        model.fit(*DATA, batch_size=8, epochs=3, verbose=0,
+                  callbacks=[Poison(), NonFiniteGuard(), RunState(str(tmp_path))])  # fmt: skip
+    assert resolve(str(tmp_path))["epoch"] == 1
+    fresh = _toy_model(ema=False)
+    fresh.optimizer.build(fresh.trainable_variables)
+    fresh.load_weights(str(tmp_path / "state" / "latest.weights.h5"))
+    assert all(np.isfinite(np.asarray(w)).all() for w in fresh.weights)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["train.precision=mixed_float16"],
+        ["train.precision=mixed_bfloat16"],
+        ["train.jit_compile=true", "train.ema_momentum=0.9"],
+    ],  # fmt: skip
+)
+def test_precision_and_xla_modes_train_an_epoch(tiny_spec, tmp_path, mode):
+    cfg = load_config(overrides=[*TINY, f"data.spec={tiny_spec}", "train.epochs=1",
+                                 f"train.run_dir={tmp_path / 'run'}", *mode])  # fmt: skip
+    try:
+        metrics = run(cfg)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert 0.0 <= metrics["AP"] <= 1.0
+    best = keras.models.load_model(tmp_path / "run" / "best.keras", safe_mode=True)
+    assert best.get_layer("conv_1").dtype_policy.name == "float32"
+
+
+def _train(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)  # fmt: skip
+
+
+def _sets():
+    return [x for item in TINY for x in ("--set", item)]
+
+
+def test_two_epochs_resumed_to_three_log_each_epoch_once(tiny_spec, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _train("--data", str(tiny_spec), "--epochs", "2", "--run-dir", str(run_dir), *_sets())
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    proc = _train("--resume", str(run_dir), "--epochs", "3")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming" in out and "after epoch 2" in out
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert {"coord", "obj", "noobj", "cls", "lr", "AP"} <= set(rows[0])
+    assert all(r["AP"] not in ("", "nan") for r in rows)
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard" / "images").glob("events.out.tfevents.*"))
+    for png in ("curves.png", "pr_curve.png"):
+        assert (run_dir / png).stat().st_size > 10_000, png
+    assert json.loads((run_dir / "state" / "training_metadata.json").read_text())["epoch"] == 3
+    keras.models.load_model(run_dir / "best.keras", safe_mode=True)
+    proc = _train("--resume", str(run_dir), "--epochs", "3")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "pass a larger --epochs" in out
+
+
+def _kill_and_resume(tiny_spec, tmp_path, moments: list[float], epochs: int = 4) -> Path:
+    """Starts a run, SIGKILLs it after each delay in `moments` (seconds after start,
+    resuming each time), then lets it finish."""
+    run_dir = tmp_path / "run"
+    args = ["--data", str(tiny_spec), "--epochs", str(epochs), "--run-dir", str(run_dir),
+            *_sets()]  # fmt: skip
+    for delay in [*moments, None]:
+        proc = _train(*args, start_new_session=True)
+        if delay is None:
+            out, _ = proc.communicate(timeout=900)
+            assert proc.returncode == 0, out[-3000:]
+            break
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        args = ["--resume", str(run_dir)]
+    return run_dir
+
+
+def test_sigkill_after_the_first_epoch_then_resume_finishes(tiny_spec, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--data", str(tiny_spec), "--epochs", "3", "--run-dir", str(run_dir), *_sets()]
+    proc = _train(*args, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while resolve(str(run_dir)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc = _train("--resume", str(run_dir))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    with open(run_dir / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    keras.models.load_model(run_dir / "best.keras", safe_mode=True)
+
+
+@pytest.mark.slow
+def test_three_random_sigkills_then_the_run_finishes(tiny_spec, tmp_path):
+    rng = np.random.default_rng(int(time.time()))
+    run_dir = _kill_and_resume(tiny_spec, tmp_path, list(rng.uniform(4, 25, 3)), epochs=6)
+    with open(run_dir / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == [str(e) for e in range(1, 7)]
+    keras.models.load_model(run_dir / "best.keras", safe_mode=True)
