@@ -33,13 +33,16 @@ PUBLISHED_ANCHORS: dict[str, tuple[tuple[float, float], ...]] = {
 @dataclass
 class ModelConfig:
     """Network shape. `anchors`: [[w, h], ...] in grid cells, "auto" (k-means on the training
-    boxes at start, `num_anchors` clusters), or "voc"/"coco" (resolved to darknet's lists)."""
+    boxes at start, `num_anchors` clusters), or "voc"/"coco" (resolved to darknet's lists).
+    `init_weights`: start from a .keras checkpoint or a darknet .weights / .conv.N file
+    (layers matched by name and shape; partial files allowed); "" = random init."""
 
     variant: str = "darknet19"
     width: float = 1.0
     input_size: int = 416
     anchors: list[list[float]] | str = "auto"
     num_anchors: int = 5
+    init_weights: str = ""
 
 
 @dataclass
@@ -49,7 +52,8 @@ class DataConfig:
     colour circle; gains in [1/s, s] and [1/e, e]); `scale` and `translate` are darknet's
     jitter (zoom range; shift as a fraction of the image). `letterbox`: keep the aspect
     ratio and pad (else plain resize, as YOLOv2). `multiscale` = [min, max] input sizes
-    (multiples of 32) drawn anew every `multiscale_every` batches, or [] = off."""
+    (multiples of 32) drawn anew every `multiscale_every` batches, or [] = off.
+    `cache_mb`: keep decoded training images in memory when they fit (0 = never)."""
 
     spec: str = "configs/data/synthetic.yaml"
     batch_size: int = 16
@@ -65,6 +69,7 @@ class DataConfig:
     letterbox: bool = False
     multiscale: list[int] = field(default_factory=list)
     multiscale_every: int = 10
+    cache_mb: float = 2048.0
 
 
 @dataclass
@@ -202,6 +207,7 @@ _RULES: dict[str, _Rule] = {
         ("loss.coord_scale", "loss.object_scale", "loss.noobject_scale", "loss.class_scale")
         + ("loss.warmup_images", "loss.prior_scale", "train.weight_decay", "train.warmup_epochs")
         + ("train.max_minutes", "eval.warmup", "train.clip_norm", "train.patience")
+        + ("data.cache_mb",)
         + ("train.warmup_power",),
         ((lambda v: v >= 0), ">= 0"),
     ),

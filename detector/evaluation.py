@@ -21,6 +21,7 @@ from detector.data.records import Dataset
 from detector.io import atomic_write_text
 from detector.model import head_metadata
 from detector.postprocess import decode, nms
+from detector.streaming_eval import StreamingCocoEval
 
 STAT_NAMES = (
     "AP",
@@ -65,15 +66,25 @@ def coco_metrics(coco_gt: COCO, results: list[dict], curves: dict | None = None)
     -1 where the category has no ground truth, as COCOeval reports it. A `curves` dict,
     if given, receives the precision-recall curves (see `pr_curves`).
     """
-    categories = coco_gt.loadCats(coco_gt.getCatIds())
     if not results:
-        return {**dict.fromkeys(STAT_NAMES, 0.0), "per_class": {c["name"]: 0.0 for c in categories}}
+        return empty_metrics(coco_gt)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return metrics_of(evaluator, coco_gt, curves)
+
+
+def empty_metrics(coco_gt: COCO) -> dict:
+    """The metrics of no detections at all: every number 0."""
+    categories = coco_gt.loadCats(coco_gt.getCatIds())
+    return {**dict.fromkeys(STAT_NAMES, 0.0), "per_class": {c["name"]: 0.0 for c in categories}}
+
+
+def metrics_of(evaluator: COCOeval, coco_gt: COCO, curves: dict | None = None) -> dict:
+    """The metrics dict of a summarized COCOeval (see `coco_metrics`)."""
     metrics = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=False)}
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K) area all, 100 dets
     per_class = {}
@@ -126,35 +137,48 @@ def predict_results(
     max_detections: int = 100,
     predict_fn=None,
 ) -> list[dict]:
-    """Detections on every record, as COCO results in original pixels and dataset ids.
+    """Detections on every record, as COCO results in original pixels and dataset ids."""
+    batches = iter_results(model, dataset, input_size, batch_size, score_threshold, nms_iou,
+                           max_detections, predict_fn)  # fmt: skip
+    return [result for results, _ in batches for result in results]
+
+
+def iter_results(
+    model,
+    dataset: Dataset,
+    input_size: int,
+    batch_size: int = 16,
+    score_threshold: float = 0.005,
+    nms_iou: float = 0.45,
+    max_detections: int = 100,
+    predict_fn=None,
+):
+    """Yields (COCO results, image ids) batch by batch, in record order.
 
     Images are fed plainly resized or letterboxed as the model was trained (its head's
-    ``letterbox``), and boxes mapped back by the inverse."""
+    ``letterbox``), and boxes mapped back by the inverse, to original pixels."""
     predict = predict_fn or make_predict_fn(model, score_threshold, nms_iou, max_detections)
     letterbox = head_metadata(model).letterbox
     category_ids = np.asarray(dataset.category_ids)
-    results = []
     for images, indices in make_eval_dataset(dataset.records, input_size, batch_size, letterbox):
         boxes, scores, classes, valid = (t.numpy() for t in predict(images))
+        results, image_ids = [], []
         for i, index in enumerate(indices.numpy()):
             record = dataset.records[index]
+            image_ids.append(int(record.image_id))
             n = valid[i]
+            unit = np.clip(boxes[i, :n], 0.0, 1.0)
             pixels = to_image_pixels(
-                np.clip(boxes[i, :n], 0.0, 1.0) * input_size,
-                record.height,
-                record.width,
-                input_size,
-                letterbox,
+                unit * input_size, record.height, record.width, input_size, letterbox
             )
-            xywh = xyxy_to_xywh(pixels)
-            for box, score, cls in zip(xywh, scores[i, :n], classes[i, :n], strict=False):
-                results.append({
-                    "image_id": int(record.image_id),
-                    "category_id": int(category_ids[cls]),
-                    "bbox": [round(float(v), 3) for v in box],
-                    "score": round(float(score), 5),
-                })  # fmt: skip
-    return results
+            xywh = np.round(xyxy_to_xywh(pixels), 3).tolist()
+            cats = category_ids[classes[i, :n]].tolist()
+            rounded = np.round(scores[i, :n].astype(np.float64), 5).tolist()
+            results += [
+                {"image_id": image_ids[-1], "category_id": c, "bbox": b, "score": s}
+                for b, c, s in zip(xywh, cats, rounded, strict=True)
+            ]
+        yield results, image_ids
 
 
 def ground_truth(dataset: Dataset) -> COCO:
@@ -217,11 +241,30 @@ def evaluate_model(
     input_size: int,
     coco_gt: COCO | None = None,
     curves=None,
+    chunk_images: int = 64,
     **predict_kwargs,
 ) -> tuple[dict, list[dict]]:
-    """Predicts the dataset and scores it with COCOeval. Returns (metrics, results)."""
-    results = predict_results(model, dataset, input_size, **predict_kwargs)
-    return coco_metrics(coco_gt or ground_truth(dataset), results, curves), results
+    """Predicts the dataset and scores it with COCOeval. Returns (metrics, results).
+
+    The per-image matching of every `chunk_images` images runs in a worker thread while
+    the model predicts the next ones (`detector.streaming_eval`); the numbers are those of
+    one COCOeval over all results."""
+    coco_gt = coco_gt or ground_truth(dataset)
+    stream = StreamingCocoEval(coco_gt)
+    all_results, pending, pending_ids = [], [], []
+    for results, image_ids in iter_results(model, dataset, input_size, **predict_kwargs):
+        all_results += results
+        pending += results
+        pending_ids += image_ids
+        if len(pending_ids) >= chunk_images:
+            stream.add(pending, pending_ids)
+            pending, pending_ids = [], []
+    if pending_ids:
+        stream.add(pending, pending_ids)
+    if not all_results:
+        stream.finish()
+        return empty_metrics(coco_gt), all_results
+    return metrics_of(stream.finish(), coco_gt, curves), all_results
 
 
 def format_metrics(metrics: dict) -> str:

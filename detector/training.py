@@ -166,7 +166,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
         make_augmenter, seed=t.seed, parallel_calls=d.workers,  # -1 = AUTOTUNE
         iou_thresh=cfg.loss.iou_thresh, letterbox=d.letterbox,
         multiscale=tuple(d.multiscale) or None, multiscale_every=d.multiscale_every,
-        start_step=done * steps,
+        start_step=done * steps, cache_mb=d.cache_mb,
     )  # fmt: skip
     spent = meta.get("seconds", 0.0) if meta else 0.0
     budget = TimeBudget(t.max_minutes, start, spent_before=spent)

@@ -80,3 +80,24 @@ def test_half_overlap_counts_at_iou_50_only(tmp_path):
     assert metrics["per_class"]["cat"] == pytest.approx(0.3, abs=1e-6)  # 3 of 10 thresholds
     assert metrics["per_class"]["dog"] == pytest.approx(0.0)
     assert "per-class" in format_metrics(metrics) and np.isfinite(metrics["AP50"])
+
+
+@needs_check
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_streaming_evaluation_equals_one_cocoeval(chunk):
+    from detector.evaluation import metrics_of
+    from detector.streaming_eval import StreamingCocoEval
+
+    coco = load_coco(str(CHECK / "instances_val2014_100.json"))
+    results = json.loads((CHECK / "instances_val2014_fakebbox100_results.json").read_text())
+    expected = coco_metrics(coco, results)
+    stream = StreamingCocoEval(coco)
+    images = sorted(coco.getImgIds())
+    for start in range(0, len(images), chunk):
+        ids = set(images[start : start + chunk])
+        stream.add([r for r in results if r["image_id"] in ids], sorted(ids))
+    got = metrics_of(stream.finish(), coco)
+    assert got == expected  # bit-identical, per-class AP included
+    reference = json.loads((CHECK / "expected_bbox_stats.json").read_text())["stats"]
+    for name in STAT_NAMES:
+        assert got[name] == pytest.approx(reference[name], abs=1e-12), name

@@ -182,8 +182,12 @@ def prepare_example(
     augmenter: A.Compose | None,
     rng: np.random.Generator,
     letterbox: bool = False,
+    image: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training (or plain, when `augmenter` is None) example: read, augment, resize.
+
+    `image`: the record's decoded image when the caller has it already (a cache); it is
+    not modified.
 
     The augmenter draws its randomness from `rng`, so a seeded `rng` gives a reproducible
     example. Sharing one augmenter between threads is safe, but then which thread's `rng`
@@ -193,7 +197,7 @@ def prepare_example(
         image uint8 (size, size, 3) RGB; boxes float32 (N, 4) xyxy in pixels of the resized
         image, each side >= MIN_BOX_SIDE; classes int32 (N,).
     """
-    image = read_image(record.path)
+    image = read_image(record.path) if image is None else image
     boxes, classes = record.boxes, record.classes
     if image.shape[:2] != (record.height, record.width):  # counted by the image check
         gain = np.array([image.shape[1] / record.width, image.shape[0] / record.height] * 2)

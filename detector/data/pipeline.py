@@ -34,6 +34,7 @@ def make_train_dataset(
     multiscale: tuple[int, int] | None = None,
     multiscale_every: int = 10,
     start_step: int = 0,
+    cache_mb: float = 0.0,
 ) -> tf.data.Dataset:
     """Shuffled, augmented, encoded training batches, endlessly (``fit`` counts the steps).
 
@@ -49,6 +50,8 @@ def make_train_dataset(
     ``multiscale`` = (min, max): YOLOv2's multi-scale training; every ``multiscale_every``
     batches get a new side S drawn from min..max in steps of 32 (seeded); all images of a
     batch share it. Without it every batch is ``input_size``.
+    ``cache_mb``: keep the decoded images in memory when all of them fit in this many MB
+    (0 = never): each image is then decoded once per run instead of once per epoch.
     """
     anchors = np.asarray(anchors, np.float32)
     local = threading.local()
@@ -67,11 +70,23 @@ def make_train_dataset(
             local.augmenter = make_augmenter()
         return local.augmenter
 
+    decoded_mb = sum(r.height * r.width * 3 for r in records) / 2**20
+    cache: dict[int, np.ndarray] | None = {} if 0 < decoded_mb <= cache_mb else None
+
+    def read(index: int) -> np.ndarray | None:
+        if cache is None:
+            return None
+        if index not in cache:
+            cache[index] = read_image(records[index].path)
+        return cache[index]
+
     def load(index, size):
         rng = np.random.default_rng()
         record = records[int(index)]
         size = int(size)
-        image, boxes, classes = prepare_example(record, size, augmenter(), rng, letterbox)
+        image, boxes, classes = prepare_example(
+            record, size, augmenter(), rng, letterbox, image=read(int(index))
+        )
         y_true, true_boxes = encode_targets(
             boxes, classes, (size, size), anchors, max_boxes, iou_thresh
         )
