@@ -9,23 +9,55 @@ class SpaceToDepth(keras.layers.Layer):
     """YOLOv2's passthrough ("reorg"): moves each block_size² patch into channels.
 
     Input (B, H, W, C) with H and W multiples of block_size; output
-    (B, H/b, W/b, b²·C). The channel order is that of ``tf.nn.space_to_depth``:
-    output channel ``(dy·b + dx)·C + c`` holds input ``(b·y + dy, b·x + dx, c)``.
+    (B, H/b, W/b, b²·C). Two channel orders:
+
+    - ``"tf"``: that of ``tf.nn.space_to_depth``: output channel ``(dy·b + dx)·C + c``
+      holds input ``(b·y + dy, b·x + dx, c)``.
+    - ``"darknet"``: exactly what darknet's ``[reorg]`` layer computes. Its forward pass
+      calls ``reorg_cpu(input, w, h, c, batch, stride, forward=0, output)`` with the
+      layer's *input* sizes, so (in NCHW, per image) the output buffer read as
+      (C, H, W) at ``[k, j, i]`` takes the input buffer read as (C/b², b·H, b·W) at
+      ``[k mod C/b², b·j + (k div C/b²) div b, b·i + (k div C/b²) mod b]``, and the
+      output is that buffer read as (b²·C, H/b, W/b). An output cell then mixes values
+      from several input rows: this is not a per-block permutation of space_to_depth,
+      but YOLOv2's published weights were trained with it. C must be a multiple of b².
 
     Args:
         block_size: int. Side of the square block moved into channels. Defaults to 2.
+        order: str. ``"tf"`` or ``"darknet"``, see above. Defaults to ``"tf"``.
     """
 
-    def __init__(self, block_size: int = 2, **kwargs):
+    ORDERS = ("tf", "darknet")
+
+    def __init__(self, block_size: int = 2, order: str = "tf", **kwargs):
         super().__init__(**kwargs)
         if int(block_size) < 1:
             raise ValueError(f"SpaceToDepth: block_size must be >= 1, got {block_size}")
+        if order not in self.ORDERS:
+            raise ValueError(f"SpaceToDepth: order must be one of {self.ORDERS}, got {order!r}")
         self.block_size = int(block_size)
+        self.order = order
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        b2 = self.block_size**2
+        if self.order == "darknet" and channels is not None and channels % b2:
+            raise ValueError(
+                f"SpaceToDepth(order='darknet'): channels ({channels}) must be a multiple "
+                f"of block_size² ({b2}), as darknet's reorg needs"
+            )
+        super().build(input_shape)
 
     def call(self, inputs):
         b = self.block_size
         shape = ops.shape(inputs)
         batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+        if self.order == "darknet":
+            x = ops.transpose(inputs, (0, 3, 1, 2))
+            x = ops.reshape(x, (batch, channels // (b * b), height, b, width, b))
+            x = ops.transpose(x, (0, 3, 5, 1, 2, 4))
+            x = ops.reshape(x, (batch, b * b * channels, height // b, width // b))
+            return ops.transpose(x, (0, 2, 3, 1))
         x = ops.reshape(inputs, (batch, height // b, b, width // b, b, channels))
         x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
         return ops.reshape(x, (batch, height // b, width // b, b * b * channels))
@@ -41,7 +73,7 @@ class SpaceToDepth(keras.layers.Layer):
         )
 
     def get_config(self):
-        return {**super().get_config(), "block_size": self.block_size}
+        return {**super().get_config(), "block_size": self.block_size, "order": self.order}
 
 
 @keras.saving.register_keras_serializable(package="detector")

@@ -89,7 +89,7 @@ def build_inference_model(
     if passthrough_source is not None:
         index += 1
         route = conv_block(passthrough_source, scaled_filters(PASSTHROUGH_FILTERS, width), 1, index)
-        route = SpaceToDepth(2, name="reorg")(route)
+        route = SpaceToDepth(2, order="darknet", name="reorg")(route)  # as yolov2.weights
         x = keras.layers.Concatenate(name="route")([route, x])
         index += 1
         x = conv_block(x, scaled_filters(1024, width), 3, index)

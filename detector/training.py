@@ -153,6 +153,11 @@ def run(cfg: Config, resume: bool = False) -> dict:
         len(train.names), anchors, cfg.model.variant, cfg.model.width, cfg.model.input_size,
         class_names=train.names, category_ids=train.category_ids, letterbox=d.letterbox,
     )  # fmt: skip
+    if cfg.model.init_weights and not meta:
+        from detector.darknet import load_init_weights
+
+        loaded, total = load_init_weights(inference, cfg.model.init_weights)
+        print(f"init weights: {loaded} of {total} conv layers loaded from {cfg.model.init_weights}")
     model = build_training_model(inference, make_loss(cfg, anchors, len(train.names)),
                                  d.max_boxes)  # fmt: skip
     model.compile(optimizer=make_optimizer(cfg), loss=identity_loss, jit_compile=t.jit_compile)

@@ -110,3 +110,23 @@ def test_missing_annotation_path_fails_fast_naming_it(tmp_path):
     assert proc.returncode != 0
     assert f"train.annotations: folder not found: {tmp_path / 'xml'}" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("kind", ["keras", "darknet"])
+def test_training_starts_from_init_weights(trained_run, tmp_path, kind):
+    from detector.darknet import save_darknet_weights
+
+    run_dir, _ = trained_run
+    source = run_dir / "best.keras"
+    if kind == "darknet":
+        model = keras.models.load_model(source, safe_mode=True)
+        source = tmp_path / "init.weights"
+        save_darknet_weights(model, str(source))
+    cfg = load_config(run_dir / "config.yaml")
+    proc = run(
+        "train.py", "--config", str(run_dir / "config.yaml"), "--epochs", "1",
+        "--run-dir", str(tmp_path / "run"), "--set", f"model.init_weights={source}",
+        "--set", f"model.anchors={cfg.model.anchors}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "init weights: 9 of 9 conv layers loaded" in proc.stdout
