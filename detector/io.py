@@ -5,6 +5,10 @@ import os
 import tempfile
 from collections.abc import Callable
 
+# mkstemp makes 0600 files; a renamed checkpoint should get the usual permissions.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = ""):
@@ -17,6 +21,7 @@ def atomic_path(path: str, suffix: str = ""):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
         with open(tmp, "rb+") as f:

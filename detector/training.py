@@ -130,8 +130,9 @@ def run(cfg: Config, resume: bool = False) -> dict:
         meta = resolve(run_dir)
         done = meta["epoch"] if meta else 0
         if done >= cfg.train.epochs:
-            raise ValueError(f"{run_dir} has finished its {done} epochs; pass a larger --epochs "
-                             "to extend it")  # fmt: skip
+            print(f"{run_dir} has finished its {done} epochs: nothing to do (pass a larger "
+                  "--epochs to extend it)")  # fmt: skip
+            return {}
         print(f"resuming {run_dir} after epoch {done}" if meta else
               f"{run_dir}: no completed epoch saved yet, starting it again")  # fmt: skip
         anchors = cfg.model.anchors

@@ -92,3 +92,12 @@ def test_darknet_burn_in_and_step_decay():
     assert schedule.lr_at(700) == pytest.approx(0.00001)
     constant = LearningRateSchedule(0.01, 1000, 0, schedule="constant")
     assert constant.lr_at(999, time_fraction=0.9) == 0.01
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    from detector.io import atomic_write_text
+
+    atomic_write_text(str(tmp_path / "x.json"), "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask
