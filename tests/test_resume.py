@@ -226,6 +226,8 @@ def _kill_and_resume(tiny_spec, tmp_path, moments: list[float], epochs: int = 4)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        state = resolve(str(run_dir))
+        print(f"killed after {delay:.1f} s: state at epoch {state and state['epoch']}")
         args = ["--resume", str(run_dir)]
     return run_dir
 
@@ -250,7 +252,7 @@ def test_sigkill_after_the_first_epoch_then_resume_finishes(tiny_spec, tmp_path)
 @pytest.mark.slow
 def test_three_random_sigkills_then_the_run_finishes(tiny_spec, tmp_path):
     rng = np.random.default_rng(int(time.time()))
-    run_dir = _kill_and_resume(tiny_spec, tmp_path, list(rng.uniform(8, 25, 3)), epochs=25)
+    run_dir = _kill_and_resume(tiny_spec, tmp_path, list(rng.uniform(6, 14, 3)), epochs=60)
     with open(run_dir / "metrics.csv") as f:
-        assert [r["epoch"] for r in csv.DictReader(f)] == [str(e) for e in range(1, 26)]
+        assert [r["epoch"] for r in csv.DictReader(f)] == [str(e) for e in range(1, 61)]
     keras.models.load_model(run_dir / "best.keras", safe_mode=True)
