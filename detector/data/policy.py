@@ -99,6 +99,34 @@ def group(image_index: np.ndarray, values: np.ndarray, num_images: int) -> list[
     return np.split(values[order], bounds)
 
 
+def build_records(
+    images: list[tuple[int, str, tuple[int, int]]],
+    image_index: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    ignore: np.ndarray | None = None,
+) -> list[Record]:
+    """One `Record` per image from the flat arrays of kept boxes.
+
+    Args:
+        images: list of (image id, path, (height, width)), one per record.
+        image_index: int (N,). Position in `images` of each box.
+        boxes: float (N, 4). xyxy pixels, already through `clean_boxes`.
+        classes: int (N,). Class index of each box.
+        ignore: bool (N,) or None. Which boxes are ignore regions (VOC difficult).
+    """
+    ignore = np.zeros(len(boxes), bool) if ignore is None else np.asarray(ignore, bool)
+    num = len(images)
+    grouped = group(image_index[~ignore], np.asarray(boxes, np.float32)[~ignore], num)
+    labels = group(image_index[~ignore], np.asarray(classes, np.int32)[~ignore], num)
+    regions = group(image_index[ignore], np.asarray(boxes, np.float32)[ignore], num)
+    return [
+        Record(image_id=image_id, path=path, height=int(size[0]), width=int(size[1]),
+               boxes=grouped[i], classes=labels[i], ignore=regions[i])  # fmt: skip
+        for i, (image_id, path, size) in enumerate(images)
+    ]
+
+
 def image_kind(head: bytes) -> str | None:
     """The image format a file's first bytes announce, or None."""
     for signature, kind in _SIGNATURES:

@@ -23,8 +23,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from detector.data.files import image_size, list_images
-from detector.data.policy import clean_boxes, group, inspect_image
-from detector.data.records import Dataset, Problems, Record
+from detector.data.policy import build_records, clean_boxes, inspect_image
+from detector.data.records import Dataset, Problems
 
 
 def voc_class_names(annotation_dirs: list[str]) -> list[str]:
@@ -96,7 +96,6 @@ def read_voc(images_dir: str, annotations_dir: str, names: list[str]) -> Dataset
                 name, box, difficult = parsed
                 rows.append((index, class_index.get(name, -1), box, difficult, f"{where} ({name})"))
 
-    num = len(records_info)
     image_index = np.asarray([r[0] for r in rows], np.int64)
     classes = np.asarray([r[1] for r in rows], np.int64)
     xyxy = np.asarray([r[2] for r in rows], np.float64).reshape(-1, 4)
@@ -104,22 +103,9 @@ def read_voc(images_dir: str, annotations_dir: str, names: list[str]) -> Dataset
     sizes = np.asarray([info[2] for info in records_info], np.float64).reshape(-1, 2)
     limits = sizes[image_index][:, [1, 0, 1, 0]]
     keep, clipped = clean_boxes(xyxy, classes >= 0, limits, problems, [r[4] for r in rows])
-    objects, ignores = keep & ~difficult, keep & difficult
-    boxes = group(image_index[objects], clipped[objects].astype(np.float32), num)
-    labels = group(image_index[objects], classes[objects].astype(np.int32), num)
-    ignore = group(image_index[ignores], clipped[ignores].astype(np.float32), num)
-    records = [
-        Record(
-            image_id=image_id,
-            path=path,
-            height=int(size[0]),
-            width=int(size[1]),
-            boxes=boxes[i],
-            classes=labels[i],
-            ignore=ignore[i],
-        )
-        for i, (image_id, path, size) in enumerate(records_info)
-    ]
+    records = build_records(
+        records_info, image_index[keep], clipped[keep], classes[keep], difficult[keep]
+    )
     return Dataset(
         records=records,
         names=list(names),

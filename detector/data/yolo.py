@@ -17,8 +17,8 @@ import os
 import numpy as np
 
 from detector.data.files import image_size, list_images
-from detector.data.policy import clean_boxes, group, inspect_image
-from detector.data.records import Dataset, Problems, Record
+from detector.data.policy import build_records, clean_boxes, inspect_image
+from detector.data.records import Dataset, Problems
 
 
 def read_yolo(images_dir: str, labels_dir: str, names: list[str]) -> Dataset:
@@ -52,7 +52,6 @@ def read_yolo(images_dir: str, labels_dir: str, names: list[str]) -> Dataset:
         for line_no, cls, box in _read_labels(label, problems):
             rows.append((index, cls, box, f"{label}: line {line_no}"))
 
-    num = len(records_info)
     image_index = np.asarray([r[0] for r in rows], np.int64)
     classes = np.asarray([r[1] for r in rows], np.int64)
     norm = np.asarray([r[2] for r in rows], np.float64).reshape(-1, 4)
@@ -62,20 +61,7 @@ def read_yolo(images_dir: str, labels_dir: str, names: list[str]) -> Dataset:
     keep, clipped = clean_boxes(
         xyxy, (classes >= 0) & (classes < len(names)), limits, problems, [r[3] for r in rows]
     )
-    boxes = group(image_index[keep], clipped[keep].astype(np.float32), num)
-    labels = group(image_index[keep], classes[keep].astype(np.int32), num)
-    records = [
-        Record(
-            image_id=image_id,
-            path=path,
-            height=int(size[0]),
-            width=int(size[1]),
-            boxes=boxes[i],
-            classes=labels[i],
-            ignore=np.zeros((0, 4), np.float32),
-        )
-        for i, (image_id, path, size) in enumerate(records_info)
-    ]
+    records = build_records(records_info, image_index[keep], clipped[keep], classes[keep])
     return Dataset(
         records=records,
         names=list(names),
