@@ -15,8 +15,7 @@ import sys
 import numpy as np
 
 from detector.boxes import shape_iou
-
-STRIDE = 32
+from detector.targets import STRIDE
 
 
 def kmeans_anchors(

@@ -127,22 +127,6 @@ def make_predict_fn(model, score_threshold=0.005, nms_iou=0.45, max_detections=1
     return predict
 
 
-def predict_results(
-    model,
-    dataset: Dataset,
-    input_size: int,
-    batch_size: int = 16,
-    score_threshold: float = 0.005,
-    nms_iou: float = 0.45,
-    max_detections: int = 100,
-    predict_fn=None,
-) -> list[dict]:
-    """Detections on every record, as COCO results in original pixels and dataset ids."""
-    batches = iter_results(model, dataset, input_size, batch_size, score_threshold, nms_iou,
-                           max_detections, predict_fn)  # fmt: skip
-    return [result for results, _ in batches for result in results]
-
-
 def iter_results(
     model,
     dataset: Dataset,
