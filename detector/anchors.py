@@ -88,16 +88,19 @@ def box_shapes(records, input_size: int, letterbox: bool = False) -> np.ndarray:
     With a plain resize each axis scales to `input_size`; with letterboxing both scale by
     the longer side, as the pipeline maps them.
     """
-    shapes = []
-    for r in records:
-        wh = r.boxes[:, 2:] - r.boxes[:, :2]
-        if letterbox:
-            shapes.append(wh / max(r.width, r.height))
-        else:
-            shapes.append(wh / [r.width, r.height])
-    if not shapes:
-        return np.zeros((0, 2))
-    return np.concatenate(shapes) * (input_size / STRIDE)
+    if hasattr(records, "box_table"):  # packed: the table saved at packing time
+        table = records.box_table()
+        wh, image_wh = table[:, :2], table[:, 2:]
+    else:
+        wh = [r.boxes[:, 2:] - r.boxes[:, :2] for r in records]
+        wh = np.concatenate(wh) if wh else np.zeros((0, 2))
+        image_wh = [np.tile([r.width, r.height], (len(r.boxes), 1)) for r in records]
+        image_wh = np.concatenate(image_wh) if image_wh else np.zeros((0, 2))
+    if letterbox:
+        wh = wh / image_wh.max(axis=1, keepdims=True)
+    else:
+        wh = wh / image_wh
+    return wh * (input_size / STRIDE)
 
 
 def main(argv: list[str] | None = None) -> int:

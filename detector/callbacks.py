@@ -208,27 +208,50 @@ class BestCocoAP(keras.callbacks.Callback):
 
 class TimeBudget(keras.callbacks.Callback):
     """Stops training cleanly once ``minutes`` of wall time have been spent: since
-    ``start`` in this process, plus ``spent_before`` seconds by the run before a resume."""
+    ``start`` in this process, plus ``spent_before`` seconds by the run before a resume.
 
-    def __init__(self, minutes: float, start: float | None = None, spent_before: float = 0.0):
+    With ``sync`` (a multi-worker run: ``Cluster.all_max``) every worker must stop at the
+    same step and anneal the lr alike, so the share of the budget spent is agreed on (the
+    largest over the workers) every ``sync_every`` batches and at epoch ends, and only
+    the agreed value is acted on.
+    """
+
+    def __init__(
+        self,
+        minutes: float,
+        start: float | None = None,
+        spent_before: float = 0.0,
+        sync=None,
+        sync_every: int = 20,
+    ):
         super().__init__()
         self.seconds = minutes * 60.0
         self.start = start if start is not None else time.monotonic()
         self.spent_before = spent_before
         self.stopped = False
+        self.sync = sync
+        self.sync_every = sync_every
+        self.batches = 0
+        self.agreed = 0.0
 
     def spent(self) -> float:
         """Seconds of the run so far, earlier sessions included."""
         return self.spent_before + time.monotonic() - self.start
 
     def fraction(self) -> float:
-        """Share of the budget spent (0 when there is no budget)."""
+        """Share of the budget spent by this process's clock (0 when there is no budget)."""
         if self.seconds <= 0:
             return 0.0
         return self.spent() / self.seconds
 
+    def shared_fraction(self) -> float:
+        """The share every worker uses: the last agreed one, or this clock's alone."""
+        return self.agreed if self.sync is not None else self.fraction()
+
     def on_train_batch_end(self, batch, logs=None):
-        self.check()
+        self.batches += 1
+        if self.sync is None or self.batches % self.sync_every == 0:
+            self.check()
 
     def on_epoch_end(self, epoch, logs=None):
         # Runs before BestCocoAP (callback order), so a spent budget makes this epoch's
@@ -236,9 +259,28 @@ class TimeBudget(keras.callbacks.Callback):
         self.check()
 
     def check(self) -> None:
-        if self.seconds > 0 and self.fraction() >= 1.0:
+        if self.seconds <= 0:
+            return
+        fraction = self.fraction()
+        if self.sync is not None:
+            fraction = self.agreed = self.sync(fraction)
+        if fraction >= 1.0:
             self.stopped = True
             self.model.stop_training = True
+
+
+class SyncStop(keras.callbacks.Callback):
+    """Multi-worker: at each epoch end, training stops on every worker if it stops on any
+    (e.g. the chief's ``train.patience``), since a worker left alone would wait forever in
+    the next step's all-reduce. Place it after the callbacks that may stop training."""
+
+    def __init__(self, all_max):
+        super().__init__()
+        self.all_max = all_max
+
+    def on_epoch_end(self, epoch, logs=None):
+        stop = self.all_max(1.0 if self.model.stop_training else 0.0) > 0
+        self.model.stop_training = stop
 
 
 class LearningRateSchedule(keras.callbacks.Callback):
@@ -301,7 +343,7 @@ class LearningRateSchedule(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        fraction = self.budget.fraction() if self.budget else 0.0
+        fraction = self.budget.shared_fraction() if self.budget else 0.0
         self.model.optimizer.learning_rate.assign(self.lr_at(step, fraction))
 
     def on_epoch_end(self, epoch, logs=None):

@@ -53,12 +53,13 @@ def train_main(argv=None) -> int:
             cfg = load_config(args.config, train_overrides(args))
         import keras
 
+        from detector.distribute import ClusterError
         from detector.training import TrainingStopped, run
 
         keras.utils.set_random_seed(cfg.train.seed)
         try:
             run(cfg, resume=bool(args.resume))
-        except TrainingStopped as error:
+        except (TrainingStopped, ClusterError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 3
     except (ValueError, FileNotFoundError) as error:

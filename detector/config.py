@@ -100,6 +100,12 @@ class TrainConfig:
     evaluation and checkpoints (0 = off). `max_minutes`: wall-clock budget (0 = none).
     `patience`: stop after this many evaluations without a better AP (0 = never).
     `jit_compile`: XLA for the train step.
+    `distribute`: tf.distribute strategy, auto | none | mirrored | multi_worker (auto:
+    multi_worker when TF_CONFIG names several workers, mirrored with several GPUs);
+    `devices`: the mirrored devices (empty = all GPUs); `data.batch_size` is the global
+    batch, split over the replicas; `scale_lr`: multiply `lr` by the number of replicas;
+    `sync_batchnorm`: BatchNorm statistics over the global batch instead of each
+    replica's part. See docs/distributed.md.
     """
 
     epochs: int = 100
@@ -120,6 +126,10 @@ class TrainConfig:
     seed: int = 0
     precision: str = "float32"
     jit_compile: bool = False
+    distribute: str = "auto"
+    devices: list[str] = field(default_factory=list)
+    scale_lr: bool = False
+    sync_batchnorm: bool = False
     run_dir: str = "runs/default"
 
 
@@ -186,6 +196,7 @@ _RULES: dict[str, _Rule] = {
     "loss.objectness": _one_of("mse", "bce"),
     "train.precision": _one_of("float32", "mixed_float16", "mixed_bfloat16"),
     "train.schedule": _one_of("cosine", "steps", "constant"),
+    "train.distribute": _one_of("auto", "none", "mirrored", "multi_worker"),
     "train.steps": ((lambda v: all(x > 0 for x in v)), "a list of epochs > 0"),
     "train.ema_momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
     "train.step_factor": ((lambda v: v > 0), "> 0"),
@@ -208,7 +219,7 @@ _RULES: dict[str, _Rule] = {
         + ("loss.warmup_images", "loss.prior_scale", "train.weight_decay", "train.warmup_epochs")
         + ("train.max_minutes", "eval.warmup", "train.clip_norm", "train.patience")
         + ("data.cache_mb",)
-        + ("train.warmup_power",),
+        + ("train.warmup_power", "train.seed"),
         ((lambda v: v >= 0), ">= 0"),
     ),
     **dict.fromkeys(

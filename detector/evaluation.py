@@ -18,6 +18,7 @@ from detector.boxes import xyxy_to_xywh
 from detector.data.augment import to_image_pixels
 from detector.data.pipeline import make_eval_dataset
 from detector.data.records import Dataset
+from detector.data.tfrecord import PackedRecords
 from detector.io import atomic_write_text
 from detector.model import head_metadata
 from detector.postprocess import decode, nms
@@ -176,7 +177,10 @@ def ground_truth(dataset: Dataset) -> COCO:
     if dataset.annotation_file is not None:
         with open(dataset.annotation_file, encoding="utf-8") as f:
             data = json.load(f)
-        kept = {r.image_id for r in dataset.records}
+        if isinstance(dataset.records, PackedRecords):  # its json holds just the kept ones
+            kept = {im["id"] for im in data["images"]}
+        else:
+            kept = {r.image_id for r in dataset.records}
         annotations = data.get("annotations") or []
         if dataset.coco_keep is not None:
             annotations = [annotations[i] for i in dataset.coco_keep]

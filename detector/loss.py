@@ -107,7 +107,12 @@ class YoloLoss(keras.layers.Layer):
         self.objectness = objectness
         self.trackers = [keras.metrics.Mean(name=term) for term in TERMS]
         self.seen = self.add_weight(
-            shape=(), initializer="zeros", dtype="float32", trainable=False, name="seen"
+            shape=(),
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            name="seen",
+            aggregation="sum",  # under tf.distribute: every replica's images count
         )
 
     def call(self, inputs, training=None):

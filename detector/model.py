@@ -33,12 +33,16 @@ def scaled_filters(filters: int, width: float) -> int:
     return max(8, int(round(filters * width / 8)) * 8)
 
 
-def conv_block(x, filters: int, kernel: int, index: int):
-    """Conv (no bias) + BatchNorm + LeakyReLU(0.1), named ``conv_i``/``bn_i``/``leaky_i``."""
+def conv_block(x, filters: int, kernel: int, index: int, sync_bn: bool = False):
+    """Conv (no bias) + BatchNorm + LeakyReLU(0.1), named ``conv_i``/``bn_i``/``leaky_i``.
+
+    ``sync_bn``: under tf.distribute, batch statistics over all replicas' images."""
     x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"conv_{index}")(
         x
     )
-    x = keras.layers.BatchNormalization(momentum=0.97, epsilon=1e-5, name=f"bn_{index}")(x)
+    x = keras.layers.BatchNormalization(
+        momentum=0.97, epsilon=1e-5, synchronized=sync_bn, name=f"bn_{index}"
+    )(x)
     return keras.layers.LeakyReLU(negative_slope=0.1, name=f"leaky_{index}")(x)
 
 
@@ -51,6 +55,7 @@ def build_inference_model(
     class_names: list[str] | None = None,
     category_ids: list[int] | None = None,
     letterbox: bool = False,
+    sync_bn: bool = False,
 ) -> keras.Model:
     """Builds the YOLOv2 inference network.
 
@@ -63,6 +68,8 @@ def build_inference_model(
         class_names: list of str or None. Defaults to "class_0".. "class_{C-1}".
         category_ids: list of int or None. Dataset ids of the classes. Defaults to 1..C.
         letterbox: bool. Recorded in the head: images are letterboxed to the input.
+        sync_bn: bool. Synchronised BatchNorm (statistics over all replicas under
+            tf.distribute; no effect on one device). Defaults to False.
 
     Returns:
         A functional model: images (B, H, W, 3) float pixels in 0..255 (RGB, any H and W
@@ -85,14 +92,16 @@ def build_inference_model(
             x = keras.layers.MaxPooling2D(2, stride, padding="same", name=f"pool_{pools}")(x)
         else:
             index += 1
-            x = conv_block(x, scaled_filters(spec[0], width), spec[1], index)
+            x = conv_block(x, scaled_filters(spec[0], width), spec[1], index, sync_bn)
     if passthrough_source is not None:
         index += 1
-        route = conv_block(passthrough_source, scaled_filters(PASSTHROUGH_FILTERS, width), 1, index)
+        route = conv_block(
+            passthrough_source, scaled_filters(PASSTHROUGH_FILTERS, width), 1, index, sync_bn
+        )
         route = SpaceToDepth(2, order="darknet", name="reorg")(route)  # as yolov2.weights
         x = keras.layers.Concatenate(name="route")([route, x])
         index += 1
-        x = conv_block(x, scaled_filters(1024, width), 3, index)
+        x = conv_block(x, scaled_filters(1024, width), 3, index, sync_bn)
     outputs = len(anchors) * (5 + num_classes)
     x = keras.layers.Conv2D(outputs, 1, name=f"conv_{index + 1}")(x)
     grid = YoloHead(anchors, names, input_size, category_ids, letterbox, name="yolo_head")(x)

@@ -56,46 +56,72 @@ def _pair_is_valid(weights: str, metadata: str) -> dict | None:
     return meta if ok else None
 
 
-def resolve(run_dir: str) -> dict | None:
-    """The metadata of the newest complete state of `run_dir` (None when there is none).
+def newest_pair(run_dir: str) -> tuple[str, dict] | None:
+    """(weights path, metadata) of the newest complete state of `run_dir`, or None.
 
-    When the latest pair is incomplete (a kill between its two renames) and the previous
-    pair is complete, the previous one is made the latest again, so that
-    ``BackupAndRestore`` loads it.
+    The latest pair when it is complete, else the previous one (``.bkp``) when that is;
+    reads only.
     """
     folder = os.path.join(run_dir, STATE_DIR)
     weights, metadata = os.path.join(folder, WEIGHTS), os.path.join(folder, METADATA)
     meta = _pair_is_valid(weights, metadata)
     if meta is not None:
-        return meta
+        return weights, meta
     previous = _pair_is_valid(weights + ".bkp", metadata + ".bkp")
-    if previous is None:
+    return (weights + ".bkp", previous) if previous is not None else None
+
+
+def resolve(run_dir: str, repair: bool = True) -> dict | None:
+    """The metadata of the newest complete state of `run_dir` (None when there is none).
+
+    When the latest pair is incomplete (a kill between its two renames) and the previous
+    pair is complete, the previous one is made the latest again (unless not `repair`:
+    the other workers of a multi-worker run only read the chief's directory).
+    """
+    pair = newest_pair(run_dir)
+    if pair is None:
         return None
-    for name in (WEIGHTS, METADATA):
-        with atomic_path(os.path.join(folder, name)) as tmp:
-            shutil.copyfile(os.path.join(folder, name + ".bkp"), tmp)
-    return previous
+    weights, meta = pair
+    if repair and weights.endswith(".bkp"):
+        folder = os.path.join(run_dir, STATE_DIR)
+        for name in (WEIGHTS, METADATA):
+            with atomic_path(os.path.join(folder, name)) as tmp:
+                shutil.copyfile(os.path.join(folder, name + ".bkp"), tmp)
+    return meta
 
 
 class RunState(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` into ``RUN_DIR/state`` with atomic writes and extras.
 
     Args:
-        run_dir: str. The run directory.
+        run_dir: str. The run directory (the state is restored from its ``state``).
         extras: callable() -> dict. JSON-able values saved with every state (e.g. the best
             AP so far); read them back with `resolve`.
+        write_dir: str or None. Where the state is saved, when not `run_dir`: the
+            non-chief workers of a multi-worker run restore the chief's state but save
+            theirs (the same weights) to a temporary directory. Defaults to `run_dir`.
     """
 
-    def __init__(self, run_dir: str, extras=None):
+    def __init__(self, run_dir: str, extras=None, write_dir: str | None = None):
+        write_dir = write_dir or run_dir
         super().__init__(
-            os.path.join(run_dir, STATE_DIR), save_freq="epoch", double_checkpoint=True,
+            os.path.join(write_dir, STATE_DIR), save_freq="epoch", double_checkpoint=True,
             delete_checkpoint=False,
         )  # fmt: skip
+        self.run_dir = run_dir
+        self.owner = os.path.abspath(write_dir) == os.path.abspath(run_dir)
         self.extras = extras or (lambda: {})
 
     def on_train_begin(self, logs=None):
-        resolve(os.path.dirname(self.backup_dir))  # make the newest complete pair the latest
-        super().on_train_begin(logs)
+        resolve(self.run_dir, repair=self.owner)
+        pair = newest_pair(self.run_dir)
+        if pair is None:
+            return
+        weights, meta = pair
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(weights)
+        self.model._initial_epoch = meta["epoch"]  # what BackupAndRestore sets: fit resumes
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)

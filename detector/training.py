@@ -14,6 +14,7 @@ from detector.callbacks import (
     MetricsCSV,
     NonFiniteGuard,
     NonFiniteLoss,
+    SyncStop,
     TimeBudget,
     ema_weights,
 )
@@ -22,6 +23,7 @@ from detector.data.augment import build_augmenter
 from detector.data.pipeline import make_train_dataset
 from detector.data.records import Dataset
 from detector.data.spec import load_dataset
+from detector.distribute import Cluster, ClusterError, make_cluster
 from detector.evaluation import STAT_NAMES, evaluate_model, format_metrics, ground_truth
 from detector.io import atomic_save
 from detector.loss import TERMS, YoloLoss, identity_loss
@@ -40,22 +42,24 @@ def choose_anchors(cfg: Config, train: Dataset) -> list[list[float]]:
     return anchors.tolist()
 
 
-def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
-    """The configured optimiser; its learning rate is driven by ``LearningRateSchedule``.
+def make_optimizer(cfg: Config, lr: float | None = None) -> keras.optimizers.Optimizer:
+    """The configured optimiser; its learning rate is driven by ``LearningRateSchedule``
+    (``lr``: the initial value, default ``train.lr``).
 
     SGD (darknet's) and AdamW decay the conv kernels only, not BatchNorm or biases.
     """
     t = cfg.train
+    lr = t.lr if lr is None else lr
     common = {"global_clipnorm": t.clip_norm or None, "use_ema": t.ema_momentum > 0,
               "ema_momentum": t.ema_momentum or 0.99}  # fmt: skip
     if t.optimizer == "adam":
-        return keras.optimizers.Adam(t.lr, **common)
+        return keras.optimizers.Adam(lr, **common)
     if t.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(
-            t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **common
+            lr, momentum=t.momentum, weight_decay=t.weight_decay, **common
         )
     else:
-        optimizer = keras.optimizers.AdamW(t.lr, weight_decay=t.weight_decay, **common)
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, **common)
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer
 
@@ -114,96 +118,172 @@ def run(cfg: Config, resume: bool = False) -> dict:
     With ``resume``, ``cfg.train.run_dir`` is an existing run whose state (weights,
     optimiser, EMA, epoch, best AP, time spent, data position) is restored from
     ``RUN_DIR/state``; training continues to ``cfg.train.epochs``.
+
+    Under ``train.distribute`` (docs/distributed.md) every worker process calls this with
+    the same config; only the chief (worker 0) writes the run directory, evaluates and
+    returns the metrics (the others return {}).
     """
     start = time.monotonic()
-    train = load_dataset(cfg.data.spec, "train")
-    val = load_dataset(cfg.data.spec, "val")
-    report_problems("train", train)
-    report_problems("val", val)
-    steps = len(train.records) // cfg.data.batch_size
-    if steps == 0:
-        raise ValueError(f"data.batch_size: {cfg.data.batch_size} exceeds the "
-                         f"{len(train.records)} training images")  # fmt: skip
+    cluster = make_cluster(cfg.train.distribute, cfg.train.devices)  # before any TF work
+    try:
+        return _run(cfg, resume, cluster, start)
+    finally:
+        cluster.cleanup()
+
+
+def _setup_run_dir(cfg: Config, resume: bool, cluster: Cluster, train: Dataset):
+    """(run_dir, restored state metadata or None, anchors); creates the run directory
+    and writes config.yaml on the chief."""
     meta = None
     if resume:
         run_dir = cfg.train.run_dir
-        meta = resolve(run_dir)
-        done = meta["epoch"] if meta else 0
-        if done >= cfg.train.epochs:
-            print(f"{run_dir} has finished its {done} epochs: nothing to do (pass a larger "
-                  "--epochs to extend it)")  # fmt: skip
-            return {}
-        print(f"resuming {run_dir} after epoch {done}" if meta else
-              f"{run_dir}: no completed epoch saved yet, starting it again")  # fmt: skip
+        meta = resolve(run_dir, repair=cluster.is_chief)
         anchors = cfg.model.anchors
     else:
-        run_dir = unique_run_dir(cfg.train.run_dir)
-        os.makedirs(run_dir, exist_ok=True)
+        run_dir = cfg.train.run_dir
+        if cluster.multi_worker:  # every worker must name the same directory: no suffix
+            if cluster.is_chief and os.path.isdir(run_dir) and os.listdir(run_dir):
+                raise ValueError(f"run directory {run_dir} is not empty: pass another "
+                                 "--run-dir, or --resume it")  # fmt: skip
+        else:
+            run_dir = unique_run_dir(run_dir)
         anchors = choose_anchors(cfg, train)
         cfg.model.anchors, cfg.model.num_anchors = anchors, len(anchors)
         cfg.train.run_dir = run_dir
-    save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    done = meta["epoch"] if meta else 0
-    csv_path = os.path.join(run_dir, "metrics.csv")
-    truncate_csv(csv_path, done)
-    keras.mixed_precision.set_global_policy(cfg.train.precision)
-    print(f"run directory: {run_dir}  ({len(train.records)} train / {len(val.records)} val images)")
+    if cluster.is_chief:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        truncate_csv(os.path.join(run_dir, "metrics.csv"), meta["epoch"] if meta else 0)
+    return run_dir, meta, anchors
 
+
+def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
     d, t, e = cfg.data, cfg.train, cfg.eval
-    inference = build_inference_model(
-        len(train.names), anchors, cfg.model.variant, cfg.model.width, cfg.model.input_size,
-        class_names=train.names, category_ids=train.category_ids, letterbox=d.letterbox,
-    )  # fmt: skip
-    if cfg.model.init_weights and not meta:
-        from detector.darknet import load_init_weights
+    try:  # an error on one worker must stop all of them (`Cluster.agree`)
+        train = load_dataset(d.spec, "train")
+        val = load_dataset(d.spec, "val")
+        report_problems("train", train)
+        report_problems("val", val)
+        steps = len(train.records) // d.batch_size
+        if steps == 0:
+            raise ValueError(f"data.batch_size: {d.batch_size} exceeds the "
+                             f"{len(train.records)} training images")  # fmt: skip
+        if d.batch_size % cluster.num_replicas:
+            raise ValueError(f"data.batch_size: {d.batch_size} (the global batch) does not "
+                             f"split evenly over {cluster.num_replicas} replicas")  # fmt: skip
+        run_dir, meta, anchors = _setup_run_dir(cfg, resume, cluster, train)
+    except Exception:
+        cluster.agree(False, "to set up")
+        raise
+    cluster.agree(True, "to set up")
+    done = meta["epoch"] if meta else 0
+    if cluster.multi_worker and cluster.all_max(done) != -cluster.all_max(-done):
+        raise ClusterError(
+            f"the workers restored different epochs from {os.path.join(run_dir, 'state')} "
+            f"(this one: {done}): a resumed multi-worker run needs its run directory on a "
+            "filesystem every worker reads (docs/distributed.md)"
+        )
+    if resume and done >= t.epochs:
+        print(f"{run_dir} has finished its {done} epochs: nothing to do (pass a larger "
+              "--epochs to extend it)")  # fmt: skip
+        return {}
+    if resume:
+        print(f"resuming {run_dir} after epoch {done}" if meta else
+              f"{run_dir}: no completed epoch saved yet, starting it again")  # fmt: skip
+    write_dir = cluster.write_dir(run_dir)
+    keras.mixed_precision.set_global_policy(t.precision)
+    lr = t.lr * (cluster.num_replicas if t.scale_lr else 1)
+    print(f"run directory: {run_dir}  ({len(train.records)} train / {len(val.records)} val images)"
+          + ("" if cluster.is_chief else f"; this worker ({cluster.worker_index}) writes to "
+             f"{write_dir} only"))  # fmt: skip
+    if cluster.kind != "none":
+        n = cluster.num_replicas
+        print(f"distribute: {cluster.kind}, {n} replicas on {cluster.num_workers} worker(s); "
+              f"global batch {d.batch_size} = {n} x {d.batch_size // n}; lr {lr:g}")  # fmt: skip
 
-        loaded, total = load_init_weights(inference, cfg.model.init_weights)
-        print(f"init weights: {loaded} of {total} conv layers loaded from {cfg.model.init_weights}")
-    model = build_training_model(inference, make_loss(cfg, anchors, len(train.names)),
-                                 d.max_boxes)  # fmt: skip
-    model.compile(optimizer=make_optimizer(cfg), loss=identity_loss, jit_compile=t.jit_compile)
+    with cluster.strategy.scope():
+        inference = build_inference_model(
+            len(train.names), anchors, cfg.model.variant, cfg.model.width,
+            cfg.model.input_size, class_names=train.names, category_ids=train.category_ids,
+            letterbox=d.letterbox, sync_bn=t.sync_batchnorm,
+        )  # fmt: skip
+        if cfg.model.init_weights and not meta:
+            from detector.darknet import load_init_weights
+
+            loaded, total = load_init_weights(inference, cfg.model.init_weights)
+            print(f"init weights: {loaded} of {total} conv layers loaded from "
+                  f"{cfg.model.init_weights}")  # fmt: skip
+        model = build_training_model(inference, make_loss(cfg, anchors, len(train.names)),
+                                     d.max_boxes)  # fmt: skip
+        model.compile(optimizer=make_optimizer(cfg, lr), loss=identity_loss,
+                      jit_compile=t.jit_compile)  # fmt: skip
 
     def make_augmenter():
         return build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation,
                                d.exposure, d.min_visibility)  # fmt: skip
 
-    train_ds = make_train_dataset(
-        train.records, cfg.model.input_size, anchors, d.batch_size, d.max_boxes,
-        make_augmenter, seed=t.seed, parallel_calls=d.workers,  # -1 = AUTOTUNE
-        iou_thresh=cfg.loss.iou_thresh, letterbox=d.letterbox,
-        multiscale=tuple(d.multiscale) or None, multiscale_every=d.multiscale_every,
-        start_step=done * steps, cache_mb=d.cache_mb,
-    )  # fmt: skip
+    def train_dataset(shard=(1, 0), split=1):
+        return make_train_dataset(
+            train.records, cfg.model.input_size, anchors, d.batch_size, d.max_boxes,
+            make_augmenter, seed=t.seed, parallel_calls=d.workers,  # -1 = AUTOTUNE
+            iou_thresh=cfg.loss.iou_thresh, letterbox=d.letterbox,
+            multiscale=tuple(d.multiscale) or None, multiscale_every=d.multiscale_every,
+            start_step=done * steps, cache_mb=d.cache_mb, shard=shard, split=split,
+        )  # fmt: skip
+
+    if cluster.multi_worker:  # one input pipeline per worker, each reading its own slice
+        train_ds = cluster.strategy.distribute_datasets_from_function(
+            lambda ctx: train_dataset(
+                (ctx.num_input_pipelines, ctx.input_pipeline_id),
+                ctx.num_replicas_in_sync // ctx.num_input_pipelines,
+            )
+        )
+    else:  # Keras splits each global batch over the replicas
+        train_ds = train_dataset()
+    sync = cluster.all_max if cluster.multi_worker else None
     spent = meta.get("seconds", 0.0) if meta else 0.0
-    budget = TimeBudget(t.max_minutes, start, spent_before=spent)
-    best_ap = meta.get("best_ap", -1.0) if meta else -1.0
-    best_json = os.path.join(run_dir, "best.json")
-    if resume and os.path.isfile(best_json):  # a best saved after the last state counts too
-        with open(best_json) as f:
-            best_ap = max(best_ap, json.load(f).get("AP", -1.0))
-    best = BestCocoAP(
-        inference, val, ground_truth(val), run_dir, e.is_eval_epoch, best_ap=best_ap,
-        patience=t.patience, image_dir=os.path.join(run_dir, "tensorboard", "images"),
-        batch_size=e.batch_size, score_threshold=e.score_threshold,
-        nms_iou=e.nms_iou, max_detections=e.max_detections,
-    )  # fmt: skip
+    budget = TimeBudget(t.max_minutes, start, spent_before=spent, sync=sync)
     decay = [int(round(epoch * steps)) for epoch in t.steps]
     callbacks = [
         NonFiniteGuard(),
         LearningRateSchedule(
-            t.lr, steps * t.epochs, int(t.warmup_epochs * steps), t.schedule,
+            lr, steps * t.epochs, int(t.warmup_epochs * steps), t.schedule,
             t.final_lr_fraction, budget, power=t.warmup_power, decay_steps=decay,
             factor=t.step_factor,
         ),
         budget,
-        best,
-        SaveLast(best, os.path.join(run_dir, "last.keras")),
-        MetricsCSV(csv_path, ["lr", "loss", *TERMS, *STAT_NAMES],
-                   plot_path=os.path.join(run_dir, "curves.png")),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
-        # Last: it saves the state once everything above has finished with the epoch.
-        RunState(run_dir, extras=lambda: {"best_ap": best.best_ap, "seconds": budget.spent()}),
     ]  # fmt: skip
+    best = None
+    if cluster.is_chief:  # evaluation and the run directory's files: the chief's alone
+        best_ap = meta.get("best_ap", -1.0) if meta else -1.0
+        best_json = os.path.join(run_dir, "best.json")
+        if resume and os.path.isfile(best_json):  # a best saved after the last state counts
+            with open(best_json) as f:
+                best_ap = max(best_ap, json.load(f).get("AP", -1.0))
+        best = BestCocoAP(
+            inference, val, ground_truth(val), run_dir, e.is_eval_epoch, best_ap=best_ap,
+            patience=t.patience, image_dir=os.path.join(run_dir, "tensorboard", "images"),
+            batch_size=e.batch_size, score_threshold=e.score_threshold,
+            nms_iou=e.nms_iou, max_detections=e.max_detections,
+        )  # fmt: skip
+        csv_path = os.path.join(run_dir, "metrics.csv")
+        callbacks += [
+            best,
+            SaveLast(best, os.path.join(run_dir, "last.keras")),
+            MetricsCSV(csv_path, ["lr", "loss", *TERMS, *STAT_NAMES],
+                       plot_path=os.path.join(run_dir, "curves.png")),
+        ]  # fmt: skip
+    callbacks.append(
+        keras.callbacks.TensorBoard(os.path.join(write_dir, "tensorboard"), write_graph=False)
+    )
+    if sync is not None:
+        callbacks.append(SyncStop(cluster.all_max))
+    # Last: it saves the state once everything above has finished with the epoch. The
+    # other workers save theirs too (the saving may take part in collectives), elsewhere.
+    callbacks.append(RunState(
+        run_dir, write_dir=write_dir,
+        extras=lambda: {"best_ap": best.best_ap if best else -1.0, "seconds": budget.spent()},
+    ))  # fmt: skip
     try:
         model.fit(train_ds, epochs=t.epochs, steps_per_epoch=steps, callbacks=callbacks,
                   shuffle=False, verbose=2 if os.environ.get("CI") else 1)  # fmt: skip
@@ -216,6 +296,8 @@ def run(cfg: Config, resume: bool = False) -> dict:
         raise TrainingStopped(str(error)) from None
     if budget.stopped:
         print(f"stopped after the {t.max_minutes:g}-minute budget")
+    if not cluster.is_chief:
+        return {}
     return final_report(run_dir, val, e)
 
 

@@ -33,6 +33,14 @@ def read_image(path: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode an image file's bytes as `read_image` does; ValueError naming `name`."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{name}: cannot decode image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 class DarknetHSV(A.ImageOnlyTransform):
     """darknet's colour jitter (``random_distort_image``) on uint8 RGB, with lookup tables.
 

@@ -3,7 +3,7 @@
 A spec names the format and, per split, where the data is; relative paths are resolved
 against the spec file's folder:
 
-    format: coco                 # coco | voc | yolo | synthetic
+    format: coco                 # coco | voc | yolo | synthetic | tfrecord
     names: [cat, dog]            # optional; overrides the annotation file's names
     train: {images: images/train, annotations: annotations/train.json}
     val: {images: images/val, annotations: annotations/val.json}
@@ -13,7 +13,9 @@ Per format, a split is `{images: DIR, annotations: FILE.json}` (coco),
 (yolo). `names:` is optional for coco (the json has them) and voc (default: every object
 name found in the spec's xml folders, sorted), and required for yolo, either as a list
 or as the path of an Ultralytics dataset YAML whose `names:` is a list or an
-`{index: name}` map.
+`{index: name}` map. `format: tfrecord` is a packed dataset (`detector.data.tfrecord`,
+written by `python -m detector.data pack`): a split is `{packed: DIR}`, the folder with
+the split's index and TFRecord shards.
 
 `load_dataset` opens every image once (`detector.data.policy.check_images`) unless told
 not to, so that unusable images are counted and dropped before training starts.
@@ -37,6 +39,7 @@ import yaml
 from detector.data.coco import read_coco
 from detector.data.policy import check_images as check_dataset_images
 from detector.data.records import Dataset
+from detector.data.tfrecord import load_packed
 from detector.data.synthetic import MIN_IMAGE_SIZE, SHAPES, Style, write_split
 from detector.data.voc import read_voc, voc_class_names
 from detector.data.yolo import read_yolo
@@ -99,7 +102,7 @@ def load_dataset(spec_path: str, split: str, check_images: bool = True) -> Datas
     """
     spec = _load_split(spec_path, split)
     dataset = READERS[spec["format"]](spec, split)
-    if check_images:
+    if check_images and spec["format"] != "tfrecord":  # packed images were checked then
         dataset = check_dataset_images(dataset)
     return _with_names(dataset, spec, split)
 
@@ -126,7 +129,7 @@ def load_annotations(spec_path: str, split: str) -> Dataset:
     if spec["format"] in ("coco", "synthetic"):
         dataset = read_coco(_annotation_file(spec, split), spec[split]["images"])
         return _with_names(dataset, spec, split)
-    return load_dataset(spec_path, split, check_images=False)
+    return load_dataset(spec_path, split, check_images=False)  # voc, yolo, tfrecord
 
 
 def _load_split(spec_path: str, split: str) -> dict[str, Any]:
@@ -221,12 +224,14 @@ READERS: dict[str, Callable[[dict[str, Any], str], Dataset]] = {
     "voc": _read_voc,
     "yolo": _read_yolo,
     "synthetic": _read_synthetic,
+    "tfrecord": lambda spec, split: load_packed(_folder(spec, split, "packed"), split, spec["path"]),
 }
 SPLIT_KEYS: dict[str, tuple[str, ...]] = {
     "coco": ("images", "annotations"),
     "voc": ("images", "annotations"),
     "yolo": ("images", "labels"),
     "synthetic": ("images", "annotations"),
+    "tfrecord": ("packed",),
 }
 
 

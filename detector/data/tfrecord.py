@@ -1,0 +1,253 @@
+"""Packed datasets: any spec's splits as sharded TFRecord files, for datasets too large to
+list, parse and check at every start.
+
+``python -m detector.data pack SPEC OUT_DIR --shards N`` reads each split once (with the
+usual checks: the problems are counted then and kept), and writes per split:
+
+    OUT_DIR/train-00000-of-00008.tfrecord ...   one tf.train.Example per kept image: the
+                                                image file's own bytes (not re-encoded),
+                                                image_id, path, height, width, boxes,
+                                                classes, ignore regions
+    OUT_DIR/train.json                          the index: count, files, names, category
+                                                ids, problems
+    OUT_DIR/train_boxes.npy                     (K, 4) box w, h and image w, h of every
+                                                box, for k-means anchors
+    OUT_DIR/train_gt.json                       COCO ground truth of the kept images
+    OUT_DIR/spec.yaml                           format: tfrecord, one entry per split
+
+Reading such a spec opens only the index (`load_packed`): the start-up cost no longer
+grows with the number of images. The records themselves are parsed only when something
+iterates over them (`PackedRecords`); training streams the files instead
+(`make_packed_stream`): shards interleaved in parallel, shuffled per pass from the seed.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from detector.data.records import Dataset, Problems, Record
+
+INDEX_VERSION = 1
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def _example(record: Record, image_bytes: bytes):
+    import tensorflow as tf
+
+    def floats(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(values).tolist()))
+
+    def ints(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=np.ravel(values).tolist()))
+
+    def raw(value: bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    features = {
+        "image": raw(image_bytes),
+        "path": raw(record.path.encode("utf-8")),
+        "image_id": ints([record.image_id]),
+        "height": ints([record.height]),
+        "width": ints([record.width]),
+        "boxes": floats(record.boxes),
+        "classes": ints(record.classes),
+        "ignore": floats(record.ignore),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+def feature_spec() -> dict:
+    import tensorflow as tf
+
+    return {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "path": tf.io.FixedLenFeature([], tf.string),
+        "image_id": tf.io.FixedLenFeature([], tf.int64),
+        "height": tf.io.FixedLenFeature([], tf.int64),
+        "width": tf.io.FixedLenFeature([], tf.int64),
+        "boxes": tf.io.VarLenFeature(tf.float32),
+        "classes": tf.io.VarLenFeature(tf.int64),
+        "ignore": tf.io.VarLenFeature(tf.float32),
+    }
+
+
+def parse_example(serialized):
+    """A serialized example -> dict of tensors (sparse lists made dense, boxes (N, 4))."""
+    import tensorflow as tf
+
+    parsed = tf.io.parse_single_example(serialized, feature_spec())
+    for key in ("boxes", "classes", "ignore"):
+        parsed[key] = tf.sparse.to_dense(parsed[key])
+    parsed["boxes"] = tf.reshape(parsed["boxes"], (-1, 4))
+    parsed["ignore"] = tf.reshape(parsed["ignore"], (-1, 4))
+    return parsed
+
+
+def record_of(parsed: dict) -> Record:
+    """A `Record` from the numpy values of a parsed example."""
+    return Record(
+        image_id=int(parsed["image_id"]),
+        path=bytes(parsed["path"]).decode("utf-8"),
+        height=int(parsed["height"]),
+        width=int(parsed["width"]),
+        boxes=np.asarray(parsed["boxes"], np.float32).reshape(-1, 4),
+        classes=np.asarray(parsed["classes"], np.int32),
+        ignore=np.asarray(parsed["ignore"], np.float32).reshape(-1, 4),
+    )
+
+
+def pack_split(dataset: Dataset, out_dir: str, split: str, shards: int) -> dict:
+    """Writes `dataset`'s records as `shards` TFRecord files plus the index, box table and
+    ground truth (each file atomically); returns the index."""
+    import tensorflow as tf
+
+    from detector.evaluation import ground_truth
+    from detector.io import atomic_path, atomic_write_text
+
+    records = dataset.records
+    shards = max(1, min(shards, len(records)))
+    files = [shard_name(split, i, shards) for i in range(shards)]
+    for i, name in enumerate(files):
+        with atomic_path(os.path.join(out_dir, name), suffix=".tfrecord") as tmp:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for record in records[i::shards]:  # round robin: shards of equal size
+                    with open(record.path, "rb") as f:
+                        writer.write(_example(record, f.read()).SerializeToString())
+    table = [
+        np.column_stack([r.boxes[:, 2:] - r.boxes[:, :2],
+                         np.tile([r.width, r.height], (len(r.boxes), 1))])  # fmt: skip
+        for r in records
+    ]
+    table = np.concatenate(table) if table else np.zeros((0, 4))
+    with atomic_path(os.path.join(out_dir, f"{split}_boxes.npy"), suffix=".npy") as tmp:
+        np.save(tmp, table.astype(np.float32))
+    gt = ground_truth(dataset).dataset
+    atomic_write_text(os.path.join(out_dir, f"{split}_gt.json"), json.dumps(gt))
+    index = {
+        "version": INDEX_VERSION,
+        "split": split,
+        "count": len(records),
+        "files": files,
+        "file_counts": [len(records[i::shards]) for i in range(shards)],
+        "names": list(dataset.names),
+        "category_ids": [int(c) for c in dataset.category_ids],
+        "problems": dict(dataset.problems),
+        "problem_examples": dataset.problems.examples,
+    }
+    atomic_write_text(os.path.join(out_dir, f"{split}.json"), json.dumps(index, indent=1))
+    return index
+
+
+class PackedRecords:
+    """The records of a packed split, as a read-only sequence that reads lazily.
+
+    ``len`` and the box table come from the index; iterating or indexing parses the
+    TFRecord files once (image bytes are read but not kept) and caches the records.
+    Record i is the i-th example in the order of the files, then within each file.
+    """
+
+    def __init__(self, folder: str, index: dict):
+        self.folder = folder
+        self.index = index
+        self.files = [os.path.join(folder, name) for name in index["files"]]
+        self._records: list[Record] | None = None
+
+    def __len__(self) -> int:
+        return int(self.index["count"])
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def _all(self) -> list[Record]:
+        if self._records is None:
+            import tensorflow as tf
+
+            ds = tf.data.TFRecordDataset(self.files).map(parse_example)
+            records = []
+            for parsed in ds.as_numpy_iterator():
+                parsed.pop("image")
+                records.append(record_of(parsed))
+            self._records = records
+        return self._records
+
+    def __getitem__(self, i):
+        return self._all()[i]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def box_table(self) -> np.ndarray:
+        """(K, 4): width, height of every box and width, height of its image, pixels."""
+        return np.load(os.path.join(self.folder, f"{self.index['split']}_boxes.npy"))
+
+
+def load_packed(folder: str, split: str, spec_path: str) -> Dataset:
+    """The packed split as a `Dataset` whose records are `PackedRecords` (only the index
+    is read here); its annotation file is the packed ground truth."""
+    index_path = os.path.join(folder, f"{split}.json")
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{spec_path}: {split}: packed index not found: {index_path}") from None
+    except ValueError as error:
+        raise ValueError(f"{index_path}: not a valid packed index: {error}") from None
+    if index.get("version") != INDEX_VERSION:
+        raise ValueError(f"{index_path}: packed index version {index.get('version')!r}; this "
+                         f"version reads {INDEX_VERSION} (pack the dataset again)")  # fmt: skip
+    records = PackedRecords(folder, index)
+    missing = [p for p in records.files if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(f"{index_path}: {len(missing)} shard file(s) missing, e.g. {missing[0]}")
+    problems = Problems(index.get("problems", {}))
+    problems.examples = index.get("problem_examples", {})
+    return Dataset(
+        records, index["names"], index["category_ids"],
+        os.path.join(folder, f"{split}_gt.json"), problems,
+    )  # fmt: skip
+
+
+def make_packed_stream(records: PackedRecords, seed: int, start: int, shard=(1, 0)):
+    """The endless stream of (position, parsed example) a training pipeline maps over.
+
+    Pass k reads this pipeline's shard files in an order drawn from (seed, k), interleaved
+    in parallel, through a shuffle buffer seeded from (seed, k): the stream is a function
+    of the seed, and ``start`` (elements already consumed, e.g. by a resumed run) starts
+    it in the right pass, skipping (reading, not decoding) at most one pass.
+
+    ``shard`` = (count, index) splits the data between input pipelines: with at least
+    `count` files, pipeline `index` reads files index, index + count, ... (by file; its
+    positions then count its own elements); with fewer files every pipeline reads them
+    all and the caller keeps every count-th element (by data; positions are global).
+    """
+    import tensorflow as tf
+
+    count, index = shard
+    by_file = count > 1 and len(records.files) >= count
+    files = records.files[index::count] if by_file else records.files
+    counts = records.index["file_counts"]
+    per_pass = sum(counts[index::count]) if by_file else len(records)
+    if per_pass == 0:
+        raise ValueError(f"input pipeline {index} of {count} has no training image")
+    names = tf.constant(files)
+
+    def one_pass(k):
+        seeds = tf.stack([tf.constant(seed, tf.int64), k])
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), seeds)
+        ds = tf.data.Dataset.from_tensor_slices(tf.gather(names, order))
+        ds = ds.interleave(
+            tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        )  # fmt: skip
+        buffer_seed = tf.random.stateless_uniform(
+            [], seeds, minval=0, maxval=2**31 - 1, dtype=tf.int64
+        )
+        return ds.shuffle(min(per_pass, 10_000), seed=buffer_seed)
+
+    ds = tf.data.Dataset.range(start // per_pass, 2**62).flat_map(one_pass)
+    ds = ds.skip(start % per_pass).enumerate(start=start)
+    return ds.map(lambda i, s: (i, parse_example(s)), num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,188 @@
+"""tf.distribute: the strategy choice, mirrored replicas on split CPUs, two local workers."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from detector.distribute import resolve_kind, tf_config_workers
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "--set", "model.variant=tiny", "--set", "model.width=0.125", "--set", "model.input_size=64",
+    "--set", "model.num_anchors=3", "--set", "data.batch_size=8", "--set", "train.max_minutes=0",
+    "--set", "train.precision=float32", "--set", "eval.batch_size=8",
+]  # fmt: skip
+RUN_FILES = {"config.yaml", "best.keras", "best.json", "last.keras", "metrics.csv", "state",
+             "tensorboard", "curves.png", "pr_curve.png"}  # fmt: skip
+
+
+def test_tf_config_parsing_and_errors():
+    assert tf_config_workers({}) == (1, 0)
+    cluster = {"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 2}}
+    assert tf_config_workers({"TF_CONFIG": json.dumps(cluster)}) == (3, 2)
+    with pytest.raises(ValueError, match="TF_CONFIG must be JSON"):
+        tf_config_workers({"TF_CONFIG": "{not json"})
+    cluster["task"]["index"] = 3
+    with pytest.raises(ValueError, match="task.index 3 is not in the cluster of 3"):
+        tf_config_workers({"TF_CONFIG": json.dumps(cluster)})
+    cluster["task"] = {"type": "ps", "index": 0}
+    with pytest.raises(ValueError, match="'ps'"):
+        tf_config_workers({"TF_CONFIG": json.dumps(cluster)})
+
+
+def test_auto_picks_the_strategy_darknet_users_expect():
+    assert resolve_kind("auto", num_gpus=0, num_workers=1) == "none"
+    assert resolve_kind("auto", num_gpus=1, num_workers=1) == "none"
+    assert resolve_kind("auto", num_gpus=4, num_workers=1) == "mirrored"
+    assert resolve_kind("auto", num_gpus=4, num_workers=2) == "multi_worker"
+    assert resolve_kind("mirrored", num_gpus=0, num_workers=1) == "mirrored"
+    with pytest.raises(ValueError, match="train.distribute"):
+        resolve_kind("horovod", 0, 1)
+
+
+@pytest.fixture(scope="module")
+def one_step_spec(tmp_path_factory) -> Path:
+    """8 training images: with a global batch of 8, epoch 1 is exactly one step."""
+    root = tmp_path_factory.mktemp("one_step")
+    spec = root / "spec.yaml"
+    spec.write_text(
+        "format: synthetic\n"
+        "synthetic: {seed: 5, train_images: 8, val_images: 4, size: 96}\n"
+        "train: {images: images/train, annotations: annotations/train.json}\n"
+        "val: {images: images/val, annotations: annotations/val.json}\n"
+    )
+    return spec
+
+
+def _train(*args, env=None, timeout=600):
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_mirrored_on_two_cpu_devices_matches_one_device(one_step_spec, tmp_path):
+    """Same global batch of 8 on one device and as 2 x 4 on two logical CPU devices with
+    synchronised BatchNorm: the same first-step loss; the run directory written once."""
+    common = ["--data", str(one_step_spec), "--epochs", "2", *SMALL,
+              "--set", "train.sync_batchnorm=true"]  # fmt: skip
+    _train(*common, "--run-dir", str(tmp_path / "one"), "--set", "train.distribute=none")
+    out = _train(*common, "--run-dir", str(tmp_path / "two"),
+                 "--set", "train.distribute=mirrored",
+                 "--set", "train.devices=[/cpu:0,/cpu:1]")  # fmt: skip
+    assert "distribute: mirrored, 2 replicas" in out and "global batch 8 = 2 x 4" in out
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert [r["epoch"] for r in two] == ["1", "2"]  # each epoch logged once
+    for term in ("loss", "coord", "obj", "noobj", "cls"):
+        a, b = float(one[0][term]), float(two[0][term])
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (term, a, b)
+    assert all(float(r["loss"]) == float(r["loss"]) for r in two)  # finite, not NaN
+    assert {p.name for p in (tmp_path / "two").iterdir()} == RUN_FILES
+    assert json.loads((tmp_path / "two" / "best.json").read_text())["epoch"] in (1, 2)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _workers(args: list[str], log_dir: Path, tag: str) -> list[subprocess.Popen]:
+    ports = _free_ports(2)
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                     "task": {"type": "worker", "index": index}}  # fmt: skip
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CI": "1"}
+        log = open(log_dir / f"{tag}-worker{index}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
+                                      stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))  # fmt: skip
+    return procs
+
+
+def _log(log_dir: Path, tag: str, index: int) -> str:
+    return (log_dir / f"{tag}-worker{index}.log").read_text()
+
+
+def _state_epoch(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "state" / "training_metadata.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_two_workers_write_only_the_chief_run_dir_and_resume_after_a_kill(one_step_spec, tmp_path):
+    """Two worker processes on localhost (TF_CONFIG): only worker 0 writes the run
+    directory; one worker killed mid-run, both restarted with --resume: the run finishes
+    with every epoch logged once."""
+    run_dir, logs = tmp_path / "run", tmp_path / "logs"
+    logs.mkdir()
+    args = ["--data", str(one_step_spec), "--epochs", "4", "--run-dir", str(run_dir), *SMALL,
+            "--set", "train.distribute=multi_worker"]  # fmt: skip
+    first = _workers(args, logs, "first")
+    deadline = time.monotonic() + 300
+    while _state_epoch(run_dir) < 2 and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in first), _log(logs, "first", 0)[-3000:]
+        time.sleep(0.2)
+    assert _state_epoch(run_dir) >= 2, _log(logs, "first", 0)[-3000:]
+    os.killpg(first[1].pid, signal.SIGKILL)  # a worker dies; its peer cannot go on alone
+    first[1].wait()
+    time.sleep(1)
+    os.killpg(first[0].pid, signal.SIGKILL)
+    first[0].wait()
+    done = _state_epoch(run_dir)
+    assert 2 <= done <= 3  # the step after needs both workers: epoch 4 cannot finish
+
+    second = _workers(["--resume", str(run_dir)], logs, "second")
+    for proc in second:
+        assert proc.wait(timeout=300) == 0, (
+            _log(logs, "second", 0)[-3000:] + _log(logs, "second", 1)[-3000:]
+        )
+    for index in range(2):
+        text = _log(logs, "second", index)
+        assert f"resuming {run_dir} after epoch {done}" in text, text[-2000:]
+    assert "distribute: multi_worker, 2 replicas on 2 worker(s)" in _log(logs, "first", 0)
+    assert "this worker (1) writes to" in _log(logs, "first", 1)
+    assert [r["epoch"] for r in _rows(run_dir)] == ["1", "2", "3", "4"]
+    assert {p.name for p in run_dir.iterdir()} == RUN_FILES
+    events = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    writers = {int(p.name.split(".")[-3]) for p in events}  # ...tfevents.TIME.HOST.PID.N.v2
+    assert events and writers <= {first[0].pid, second[0].pid}
+    assert _state_epoch(run_dir) == 4
+    # the non-chief's scratch directories are gone
+    scratch = Path(_log(logs, "second", 1).split("this worker (1) writes to ")[1].split()[0])
+    assert not scratch.exists()
+
+
+def test_an_error_on_one_worker_stops_the_other(one_step_spec, tmp_path):
+    """The chief refuses a non-empty run directory; worker 1 must not wait forever."""
+    run_dir, logs = tmp_path / "run", tmp_path / "logs"
+    run_dir.mkdir()
+    logs.mkdir()
+    (run_dir / "precious.txt").write_text("an earlier run")
+    args = ["--data", str(one_step_spec), "--epochs", "1", "--run-dir", str(run_dir), *SMALL,
+            "--set", "train.distribute=multi_worker"]  # fmt: skip
+    procs = _workers(args, logs, "bad")
+    codes = [proc.wait(timeout=120) for proc in procs]
+    assert codes[0] != 0 and codes[1] != 0
+    assert "is not empty" in _log(logs, "bad", 0)
+    assert "another worker failed to set up" in _log(logs, "bad", 1)
+    assert [p.name for p in run_dir.iterdir()] == ["precious.txt"]

@@ -1,0 +1,150 @@
+"""Packed (TFRecord) datasets and the sharded training stream."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from detector.anchors import box_shapes
+from detector.data.__main__ import main as data_main
+from detector.data.pipeline import make_eval_dataset, make_train_dataset
+from detector.data.spec import load_annotations, load_dataset
+from detector.data.tfrecord import PackedRecords
+from detector.evaluation import ground_truth
+from tests.data_helpers import damage_annotations, write_all_formats
+
+ANCHORS = [[1.0, 1.0], [2.0, 2.0]]
+
+
+def _same_record(a, b):
+    assert (a.image_id, a.path, a.height, a.width) == (b.image_id, b.path, b.height, b.width)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_array_equal(a.ignore, b.ignore)
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc", "yolo"])
+def test_pack_then_read_gives_the_source_records(tmp_path, fmt, capsys):
+    specs = write_all_formats(str(tmp_path / "src"), count=7)
+    damage_annotations(fmt, str(tmp_path / "src"))  # the problems survive the packing too
+    source = load_dataset(specs[fmt], "train")
+    out = tmp_path / "packed"
+    assert data_main(["pack", specs[fmt], str(out), "--shards", "3"]) == 0
+    packed = load_dataset(str(out / "spec.yaml"), "train")
+    assert isinstance(packed.records, PackedRecords) and len(packed.records) == 7
+    assert len(packed.records.files) == 3
+    assert packed.names == source.names and packed.category_ids == source.category_ids
+    assert dict(packed.problems) == dict(source.problems) and packed.problems
+    got = sorted(packed.records, key=lambda r: r.image_id)
+    want = sorted(source.records, key=lambda r: r.image_id)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        _same_record(a, b)
+    # k-means input and the ground truth are the same as from the source
+    np.testing.assert_allclose(box_shapes(packed.records, 128), box_shapes(source.records, 128),
+                               rtol=1e-6)  # fmt: skip
+    gt_packed, gt_source = ground_truth(packed).dataset, ground_truth(source).dataset
+    key = lambda a: (a["image_id"], tuple(np.round(a["bbox"], 3)))  # noqa: E731
+    assert sorted(map(key, gt_packed["annotations"])) == sorted(map(key, gt_source["annotations"]))
+    assert len(load_annotations(str(out / "spec.yaml"), "val").records) == 7
+
+
+def test_packed_index_is_all_a_start_reads(tmp_path, monkeypatch):
+    specs = write_all_formats(str(tmp_path / "src"), count=5)
+    out = tmp_path / "packed"
+    data_main(["pack", specs["coco"], str(out), "--shards", "2"])
+    import tensorflow as tf
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a start must not read the shards")
+
+    monkeypatch.setattr(tf.data, "TFRecordDataset", forbidden)
+    dataset = load_dataset(str(out / "spec.yaml"), "train")
+    assert len(dataset.records) == 5 and box_shapes(dataset.records, 64).shape[1] == 2
+
+
+def test_packed_errors_name_the_file(tmp_path):
+    specs = write_all_formats(str(tmp_path / "src"), count=4)
+    out = tmp_path / "packed"
+    data_main(["pack", specs["coco"], str(out), "--shards", "2"])
+    os.remove(out / "train-00001-of-00002.tfrecord")
+    with pytest.raises(ValueError, match="train-00001-of-00002.tfrecord"):
+        load_dataset(str(out / "spec.yaml"), "train")
+    index = json.loads((out / "val.json").read_text())
+    index["version"] = 99
+    (out / "val.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="val.json.*version 99"):
+        load_dataset(str(out / "spec.yaml"), "val")
+
+
+def _batches(ds, steps):
+    return [tuple(t.numpy() for t in inputs) for inputs, _ in ds.take(steps)]
+
+
+def test_packed_training_stream_is_a_function_of_the_seed_and_resumes(tmp_path):
+    specs = write_all_formats(str(tmp_path / "src"), count=7)
+    out = tmp_path / "packed"
+    data_main(["pack", specs["coco"], str(out), "--shards", "3"])
+    records = load_dataset(str(out / "spec.yaml"), "train").records
+
+    def stream(seed, start_step=0):
+        return make_train_dataset(records, 64, ANCHORS, 2, 10, None, seed=seed,
+                                  start_step=start_step)  # fmt: skip
+
+    first, again = _batches(stream(1), 8), _batches(stream(1), 8)
+    for a, b in zip(first, again, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    other = _batches(stream(2), 8)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
+    resumed = _batches(stream(1, start_step=5), 3)  # crosses a pass boundary (7 images)
+    for a, b in zip(first[5:], resumed, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+    # every image of a pass appears once in it: 7 images, 3 full batches of 2 + 1 left over
+    eval_images = np.concatenate([b.numpy() for b, _ in make_eval_dataset(records, 64, 4)])
+    assert eval_images.shape == (7, 64, 64, 3)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_shards_together_make_the_global_batches(tmp_path, packed):
+    specs = write_all_formats(str(tmp_path / "src"), count=7)
+    records = load_dataset(specs["coco"], "train").records
+    if packed:  # 1 file < 2 pipelines: sharded by data, like the record list
+        data_main(["pack", specs["coco"], str(tmp_path / "p"), "--shards", "1"])
+        records = load_dataset(str(tmp_path / "p" / "spec.yaml"), "train").records
+
+    def stream(shard=(1, 0), split=1):
+        return make_train_dataset(records, 64, ANCHORS, 4, 10, None, seed=5, shard=shard,
+                                  split=split, multiscale=(64, 128),
+                                  multiscale_every=1)  # fmt: skip
+
+    whole = _batches(stream(), 5)
+    parts = [_batches(stream((2, i)), 5) for i in range(2)]
+    for step, batch in enumerate(whole):
+        a, b = parts[0][step], parts[1][step]
+        assert a[0].shape[0] == b[0].shape[0] == 2 and a[0].shape[1] == batch[0].shape[1]
+        for k in range(3):
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), batch[k])
+    # two replicas on one worker: the worker's half as two consecutive batches of 1
+    split = _batches(stream((2, 1), split=2), 4)
+    np.testing.assert_array_equal(np.concatenate([split[0][0], split[1][0]]), parts[1][0][0])
+
+
+def test_packed_file_sharding_gives_each_pipeline_its_own_files(tmp_path):
+    specs = write_all_formats(str(tmp_path / "src"), count=8)
+    data_main(["pack", specs["coco"], str(tmp_path / "p"), "--shards", "4"])
+    records = load_dataset(str(tmp_path / "p" / "spec.yaml"), "train").records
+    # without augmentation a training image is the evaluation image: find which it is
+    plain = np.concatenate([b.numpy() for b, _ in make_eval_dataset(records, 64, 8)])
+
+    def which(image):
+        return next(i for i in range(8) if np.array_equal(plain[i], image))
+
+    for index in range(2):
+        ds = make_train_dataset(records, 64, ANCHORS, 4, 10, None, seed=0, shard=(2, index))
+        images = np.concatenate([b[0] for b in _batches(ds, 4)])  # local batches of 2
+        positions = [which(image) for image in images]
+        # records are stored file by file, 2 per file; this pipeline owns files index, index+2
+        own = {2 * f + j for f in (index, index + 2) for j in range(2)}
+        assert set(positions[:4]) == own and set(positions[4:]) == own  # one pass each
