@@ -159,9 +159,22 @@ def _setup_run_dir(cfg: Config, resume: bool, cluster: Cluster, train: Dataset):
 
 def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
     d, t, e = cfg.data, cfg.train, cfg.eval
-    try:  # an error on one worker must stop all of them (`Cluster.agree`)
-        train = load_dataset(d.spec, "train")
-        val = load_dataset(d.spec, "val")
+
+    def read_data():
+        return load_dataset(d.spec, "train"), load_dataset(d.spec, "val")
+
+    # An error on one worker must stop all of them (`Cluster.agree`). The chief reads the
+    # data first: a synthetic spec is generated on first use, by the chief alone.
+    try:
+        if cluster.is_chief:
+            train, val = read_data()
+    except Exception:
+        cluster.agree(False, "to read the data")
+        raise
+    cluster.agree(True, "to read the data")
+    try:
+        if not cluster.is_chief:
+            train, val = read_data()
         report_problems("train", train)
         report_problems("val", val)
         steps = len(train.records) // d.batch_size
@@ -177,12 +190,17 @@ def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
         raise
     cluster.agree(True, "to set up")
     done = meta["epoch"] if meta else 0
-    if cluster.multi_worker and cluster.all_max(done) != -cluster.all_max(-done):
-        raise ClusterError(
-            f"the workers restored different epochs from {os.path.join(run_dir, 'state')} "
-            f"(this one: {done}): a resumed multi-worker run needs its run directory on a "
-            "filesystem every worker reads (docs/distributed.md)"
-        )
+    if cluster.multi_worker:  # the workers must see the same data and the same state
+        n = len(train.records)
+        if cluster.all_max(n) != -cluster.all_max(-n):
+            raise ClusterError(f"the workers read different training sets (this one: {n} "
+                               "images): every worker needs the same dataset")  # fmt: skip
+        if cluster.all_max(done) != -cluster.all_max(-done):
+            raise ClusterError(
+                f"the workers restored different epochs from {os.path.join(run_dir, 'state')} "
+                f"(this one: {done}): a resumed multi-worker run needs its run directory on a "
+                "filesystem every worker reads (docs/distributed.md)"
+            )
     if resume and done >= t.epochs:
         print(f"{run_dir} has finished its {done} epochs: nothing to do (pass a larger "
               "--epochs to extend it)")  # fmt: skip
