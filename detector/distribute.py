@@ -102,11 +102,15 @@ class Cluster:
             return float(value)
         import tensorflow as tf
 
-        def local():
-            return tf.constant([float(value)], tf.float32)
+        if getattr(self, "_max_fn", None) is None:  # traced once, not at every call
 
-        values = self.strategy.gather(self.strategy.run(local), axis=0)  # one per replica
-        return float(tf.reduce_max(values))
+            @tf.function
+            def max_fn(x):
+                per_replica = self.strategy.run(lambda v: v, args=(x,))
+                return tf.reduce_max(self.strategy.gather(per_replica, axis=0))
+
+            self._max_fn = max_fn
+        return float(self._max_fn(tf.constant([float(value)], tf.float32)))
 
     def agree(self, ok: bool, what: str) -> None:
         """Raises on every worker if any worker reports not `ok` (so that one worker's

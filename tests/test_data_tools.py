@@ -77,6 +77,15 @@ def test_kmeans_recovers_planted_clusters_and_beats_euclidean_kmeans():
     assert ours >= best - 1e-9
 
 
+def test_kmeans_on_a_sample_of_many_boxes_finds_the_same_clusters():
+    rng = np.random.default_rng(2)
+    centres = np.array([[0.6, 0.8], [2.0, 1.2], [1.1, 3.5], [5.0, 4.0], [9.0, 6.5]])
+    wh = np.concatenate([c * np.exp(rng.normal(0, 0.08, (12_000, 2))) for c in centres])
+    sampled = kmeans_anchors(wh, 5, max_boxes=2_000)  # 60 000 boxes, 2 000 clustered
+    np.testing.assert_allclose(sampled, centres[np.argsort(centres.prod(1))], rtol=0.05)
+    assert mean_best_iou(wh, sampled) > 0.85
+
+
 def test_anchors_tool_prints_and_writes_grid_cell_anchors(tmp_path, capsys):
     specs = write_all_formats(str(tmp_path), count=8)
     out = tmp_path / "anchors.json"
