@@ -48,6 +48,29 @@ def test_auto_picks_the_strategy_darknet_users_expect():
         resolve_kind("horovod", 0, 1)
 
 
+def test_time_budget_acts_only_on_the_agreed_fraction():
+    from detector.callbacks import TimeBudget
+
+    class Model:
+        stop_training = False
+
+    asked = []
+
+    def sync(fraction):  # another worker is always further on: 1.5 x this one's share
+        asked.append(fraction)
+        return min(2.0, 1.5 * fraction + 0.5)
+
+    budget = TimeBudget(1.0, spent_before=20.0, sync=sync, sync_every=5)  # 1/3 spent
+    budget.set_model(Model())
+    for batch in range(4):
+        budget.on_train_batch_end(batch)
+    assert asked == [] and budget.shared_fraction() == 0.0  # nothing agreed yet
+    budget.on_train_batch_end(4)
+    assert len(asked) == 1 and abs(asked[0] - 1 / 3) < 0.01
+    assert budget.shared_fraction() == pytest.approx(1.0, abs=0.02)
+    assert budget.stopped and budget.model.stop_training  # stopped by the other's clock
+
+
 @pytest.fixture(scope="module")
 def one_step_spec(tmp_path_factory) -> Path:
     """8 training images: with a global batch of 8, epoch 1 is exactly one step."""
@@ -81,9 +104,11 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(one_step_spec, tmp_path)
               "--set", "train.sync_batchnorm=true"]  # fmt: skip
     _train(*common, "--run-dir", str(tmp_path / "one"), "--set", "train.distribute=none")
     out = _train(*common, "--run-dir", str(tmp_path / "two"),
-                 "--set", "train.distribute=mirrored",
+                 "--set", "train.distribute=mirrored", "--set", "train.scale_lr=true",
                  "--set", "train.devices=[/cpu:0,/cpu:1]")  # fmt: skip
+    # (the first-step loss comes before any update, so the scaled lr does not change it)
     assert "distribute: mirrored, 2 replicas" in out and "global batch 8 = 2 x 4" in out
+    assert "; lr 0.008" in out  # default.yaml's 0.004 x 2 replicas
     one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
     assert [r["epoch"] for r in two] == ["1", "2"]  # each epoch logged once
     for term in ("loss", "coord", "obj", "noobj", "cls"):
