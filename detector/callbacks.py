@@ -142,8 +142,9 @@ class BestCocoAP(keras.callbacks.Callback):
         from detector.data.pipeline import make_eval_dataset
 
         head = self.eval_model.get_layer("yolo_head")
-        records = self.dataset.records[:count]
-        images, _ = next(iter(make_eval_dataset(records, head.input_size, count, head.letterbox)))
+        # the whole split's dataset, first batch only (a packed split is read from its shards)
+        ds = make_eval_dataset(self.dataset.records, head.input_size, count, head.letterbox)
+        images, _ = next(iter(ds.take(1)))
         boxes, scores, classes, valid = (t.numpy() for t in self.predict_fn(images))
         drawn = []
         for i, image in enumerate(images.numpy().astype(np.uint8)):
@@ -244,6 +245,10 @@ class TimeBudget(keras.callbacks.Callback):
             return 0.0
         return self.spent() / self.seconds
 
+    def on_train_begin(self, logs=None):
+        if self.sync is not None and self.seconds > 0:  # a resumed run has spent some already
+            self.agreed = self.sync(self.fraction())
+
     def shared_fraction(self) -> float:
         """The share every worker uses: the last agreed one, or this clock's alone."""
         return self.agreed if self.sync is not None else self.fraction()
@@ -269,18 +274,71 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class ChiefOnly(keras.callbacks.Callback):
+    """Multi-worker: the callbacks only the chief runs (evaluation, checkpoints, CSV).
+
+    An exception in one of them must not leave the other workers waiting forever in the
+    next all-reduce, so it is kept (`error`), the wrapped callbacks stop running, and
+    training goes on to the epoch end, where `SyncStop` stops every worker; the caller
+    then raises `error` on the chief.
+    """
+
+    def __init__(self, callbacks):
+        super().__init__()
+        self.callbacks = list(callbacks)
+        self.error: Exception | None = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        for callback in self.callbacks:
+            callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        for callback in self.callbacks:
+            callback.set_params(params)
+
+    def _each(self, hook: str, *args) -> None:
+        if self.error is not None:
+            return
+        for callback in self.callbacks:
+            try:
+                getattr(callback, hook)(*args)
+            except Exception as error:  # noqa: BLE001 (kept, raised after fit)
+                self.error = error
+                return
+
+    def on_train_begin(self, logs=None):
+        self._each("on_train_begin", logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._each("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._each("on_epoch_end", epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._each("on_train_end", logs)
+
+
 class SyncStop(keras.callbacks.Callback):
     """Multi-worker: at each epoch end, training stops on every worker if it stops on any
     (e.g. the chief's ``train.patience``), since a worker left alone would wait forever in
-    the next step's all-reduce. Place it after the callbacks that may stop training."""
+    the next step's all-reduce; and every worker aborts (`aborted`) if `failed()` is true
+    on any (an error kept by `ChiefOnly`). Place it after the callbacks that may stop
+    training."""
 
-    def __init__(self, all_max):
+    def __init__(self, all_max, failed=lambda: False):
         super().__init__()
         self.all_max = all_max
+        self.failed = failed
+        self.aborted = False
 
     def on_epoch_end(self, epoch, logs=None):
-        stop = self.all_max(1.0 if self.model.stop_training else 0.0) > 0
-        self.model.stop_training = stop
+        code = 2.0 if self.failed() else 1.0 if self.model.stop_training else 0.0
+        code = self.all_max(code)
+        self.aborted = code >= 2
+        self.model.stop_training = code >= 1
 
 
 class LearningRateSchedule(keras.callbacks.Callback):

@@ -106,7 +106,7 @@ class Cluster:
 
             @tf.function
             def max_fn(x):
-                per_replica = self.strategy.run(lambda v: v, args=(x,))
+                per_replica = self.strategy.run(tf.identity, args=(x,))  # one value per replica
                 return tf.reduce_max(self.strategy.gather(per_replica, axis=0))
 
             self._max_fn = max_fn

@@ -100,9 +100,13 @@ class RunState(keras.callbacks.BackupAndRestore):
         write_dir: str or None. Where the state is saved, when not `run_dir`: the
             non-chief workers of a multi-worker run restore the chief's state but save
             theirs (the same weights) to a temporary directory. Defaults to `run_dir`.
+        restore: bool. Restore the newest state at train begin (a resumed run). Defaults
+            to True.
     """
 
-    def __init__(self, run_dir: str, extras=None, write_dir: str | None = None):
+    def __init__(
+        self, run_dir: str, extras=None, write_dir: str | None = None, restore: bool = True
+    ):
         write_dir = write_dir or run_dir
         super().__init__(
             os.path.join(write_dir, STATE_DIR), save_freq="epoch", double_checkpoint=True,
@@ -111,8 +115,11 @@ class RunState(keras.callbacks.BackupAndRestore):
         self.run_dir = run_dir
         self.owner = os.path.abspath(write_dir) == os.path.abspath(run_dir)
         self.extras = extras or (lambda: {})
+        self.restore = restore
 
     def on_train_begin(self, logs=None):
+        if not self.restore:  # a new run: whatever lies in a worker's run_dir is not its own
+            return
         resolve(self.run_dir, repair=self.owner)
         pair = newest_pair(self.run_dir)
         if pair is None:

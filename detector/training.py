@@ -3,13 +3,17 @@
 import json
 import os
 import time
+import zlib
+from dataclasses import asdict
 
 import keras
 import numpy as np
+import yaml
 
 from detector.anchors import box_shapes, kmeans_anchors, mean_best_iou
 from detector.callbacks import (
     BestCocoAP,
+    ChiefOnly,
     LearningRateSchedule,
     MetricsCSV,
     NonFiniteGuard,
@@ -185,6 +189,16 @@ def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
             raise ValueError(f"data.batch_size: {d.batch_size} (the global batch) does not "
                              f"split evenly over {cluster.num_replicas} replicas")  # fmt: skip
         run_dir, meta, anchors = _setup_run_dir(cfg, resume, cluster, train)
+        init = cfg.model.init_weights
+        if init and not meta and not os.path.isfile(init):
+            raise ValueError(f"model.init_weights: file not found: {init}")
+        if cluster.is_chief:  # what only the chief needs, read before any collective
+            coco_gt = ground_truth(val)
+            best_ap = meta.get("best_ap", -1.0) if meta else -1.0
+            best_json = os.path.join(run_dir, "best.json")
+            if resume and os.path.isfile(best_json):  # a best saved after the last state
+                with open(best_json) as f:
+                    best_ap = max(best_ap, json.load(f).get("AP", -1.0))
     except Exception:
         cluster.agree(False, "to set up")
         raise
@@ -195,6 +209,10 @@ def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
         if cluster.all_max(n) != -cluster.all_max(-n):
             raise ClusterError(f"the workers read different training sets (this one: {n} "
                                "images): every worker needs the same dataset")  # fmt: skip
+        digest = zlib.crc32(yaml.safe_dump(asdict(cfg), sort_keys=True).encode()) & 0xFFFFFF
+        if cluster.all_max(digest) != -cluster.all_max(-digest):  # exact in float32
+            raise ClusterError("the workers run different configs (same config file, "
+                               "--epochs and --set on every worker)")  # fmt: skip
         if cluster.all_max(done) != -cluster.all_max(-done):
             raise ClusterError(
                 f"the workers restored different epochs from {os.path.join(run_dir, 'state')} "
@@ -271,35 +289,36 @@ def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
         ),
         budget,
     ]  # fmt: skip
-    best = None
+    best, chief_only = None, None
     if cluster.is_chief:  # evaluation and the run directory's files: the chief's alone
-        best_ap = meta.get("best_ap", -1.0) if meta else -1.0
-        best_json = os.path.join(run_dir, "best.json")
-        if resume and os.path.isfile(best_json):  # a best saved after the last state counts
-            with open(best_json) as f:
-                best_ap = max(best_ap, json.load(f).get("AP", -1.0))
         best = BestCocoAP(
-            inference, val, ground_truth(val), run_dir, e.is_eval_epoch, best_ap=best_ap,
+            inference, val, coco_gt, run_dir, e.is_eval_epoch, best_ap=best_ap,
             patience=t.patience, image_dir=os.path.join(run_dir, "tensorboard", "images"),
             batch_size=e.batch_size, score_threshold=e.score_threshold,
             nms_iou=e.nms_iou, max_detections=e.max_detections,
         )  # fmt: skip
         csv_path = os.path.join(run_dir, "metrics.csv")
-        callbacks += [
+        chief_callbacks = [
             best,
             SaveLast(best, os.path.join(run_dir, "last.keras")),
             MetricsCSV(csv_path, ["lr", "loss", *TERMS, *STAT_NAMES],
                        plot_path=os.path.join(run_dir, "curves.png")),
         ]  # fmt: skip
+        if cluster.multi_worker:  # an error in them must stop every worker, not hang them
+            chief_only = ChiefOnly(chief_callbacks)
+            chief_callbacks = [chief_only]
+        callbacks += chief_callbacks
     callbacks.append(
         keras.callbacks.TensorBoard(os.path.join(write_dir, "tensorboard"), write_graph=False)
     )
+    sync_stop = None
     if sync is not None:
-        callbacks.append(SyncStop(cluster.all_max))
+        sync_stop = SyncStop(cluster.all_max, failed=lambda: bool(chief_only and chief_only.error))
+        callbacks.append(sync_stop)
     # Last: it saves the state once everything above has finished with the epoch. The
     # other workers save theirs too (the saving may take part in collectives), elsewhere.
     callbacks.append(RunState(
-        run_dir, write_dir=write_dir,
+        run_dir, write_dir=write_dir, restore=resume,
         extras=lambda: {"best_ap": best.best_ap if best else -1.0, "seconds": budget.spent()},
     ))  # fmt: skip
     try:
@@ -312,6 +331,11 @@ def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
         raise
     except NonFiniteLoss as error:
         raise TrainingStopped(str(error)) from None
+    if chief_only is not None and chief_only.error is not None:
+        raise chief_only.error
+    if sync_stop is not None and sync_stop.aborted:
+        raise ClusterError("the chief failed during training (see its output); every worker "
+                           "stopped at the end of the epoch")  # fmt: skip
     if budget.stopped:
         print(f"stopped after the {t.max_minutes:g}-minute budget")
     if not cluster.is_chief:

@@ -71,6 +71,45 @@ def test_time_budget_acts_only_on_the_agreed_fraction():
     assert budget.stopped and budget.model.stop_training  # stopped by the other's clock
 
 
+def test_a_failing_chief_callback_stops_every_worker_at_the_epoch_end():
+    import keras
+
+    from detector.callbacks import ChiefOnly, SyncStop
+
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise OSError("disk full")
+
+    class Later(keras.callbacks.Callback):
+        calls = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            Later.calls += 1
+
+    class Model:
+        stop_training = False
+
+    chief = ChiefOnly([Boom(), Later()])
+    codes = []
+
+    def all_max(value):  # the other worker reports 0 (nothing wrong there)
+        codes.append(value)
+        return max(value, 0.0)
+
+    sync = SyncStop(all_max, failed=lambda: chief.error is not None)
+    for callback in (chief, sync):
+        callback.set_model(Model())
+    chief.on_epoch_end(0, {})  # kept, not raised: the other workers are waiting
+    assert isinstance(chief.error, OSError) and Later.calls == 0
+    sync.on_epoch_end(0, {})
+    assert codes == [2.0] and sync.aborted and sync.model.stop_training
+    # on the other worker the same collective returns 2: it stops too
+    other = SyncStop(lambda value: max(value, 2.0))
+    other.set_model(Model())
+    other.on_epoch_end(0, {})
+    assert other.aborted and other.model.stop_training
+
+
 @pytest.fixture(scope="module")
 def one_step_spec(tmp_path_factory) -> Path:
     """8 training images: with a global batch of 8, epoch 1 is exactly one step."""

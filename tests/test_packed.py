@@ -148,3 +148,33 @@ def test_packed_file_sharding_gives_each_pipeline_its_own_files(tmp_path):
         # records are stored file by file, 2 per file; this pipeline owns files index, index+2
         own = {2 * f + j for f in (index, index + 2) for j in range(2)}
         assert set(positions[:4]) == own and set(positions[4:]) == own  # one pass each
+
+
+def test_a_packed_dataset_needs_no_source_files(tmp_path, tiny_spec):
+    """Pack, delete the source images, then check (with plots), train and evaluate."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_spec.parent, source)
+    out = tmp_path / "packed"
+    assert data_main(["pack", str(source / "spec.yaml"), str(out), "--shards", "2"]) == 0
+    shutil.rmtree(source)
+    spec = str(out / "spec.yaml")
+    assert data_main(["check", spec, "--plots", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "augmented.png").stat().st_size > 0
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--data", spec, "--epochs", "1", "--run-dir", str(run_dir),
+         "--set", "model.variant=tiny", "--set", "model.width=0.125",
+         "--set", "model.input_size=64", "--set", "data.batch_size=8",
+         "--set", "train.max_minutes=0", "--set", "model.num_anchors=3"],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["epoch"] == 1 and 0 <= best["AP"] <= 1
+    assert "24 train / 8 val images" in proc.stdout

@@ -171,15 +171,15 @@ def make_eval_dataset(
         resized, _ = resize(image, np.zeros((0, 4), np.float32), input_size, letterbox)
         return resized
 
-    def decode(data):
-        image = decode_image(data, f"{records.folder} (packed image)")
+    def decode(index, data):
+        image = decode_image(data, f"{records.folder}: packed image {int(index)} of the split")
         return resize(image, np.zeros((0, 4), np.float32), input_size, letterbox)[0]
 
     def load_tf(index, data=None):
         if data is None:
             image = tf.numpy_function(load, [index], tf.uint8, stateful=False)
         else:
-            image = tf.numpy_function(decode, [data], tf.uint8, stateful=False)
+            image = tf.numpy_function(decode, [index, data], tf.uint8, stateful=False)
         image.set_shape((input_size, input_size, 3))
         return tf.cast(image, tf.float32), index
 

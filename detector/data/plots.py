@@ -68,17 +68,20 @@ def plot_augmented(dataset: Dataset, cfg, path: str, count: int = 16, seed: int 
     augmenter = build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation,
                                 d.exposure, d.min_visibility)  # fmt: skip
     rng = np.random.default_rng(seed)
-    with_boxes = [r for r in dataset.records if len(r.boxes)] or dataset.records
-    picks = rng.choice(len(with_boxes), size=min(count, len(with_boxes)), replace=False)
+    records = dataset.records
+    with_boxes = [i for i, r in enumerate(records) if len(r.boxes)] or list(range(len(records)))
+    picks = [with_boxes[i] for i in rng.choice(len(with_boxes), min(count, len(with_boxes)),
+                                               replace=False)]  # fmt: skip
+    # a packed split has its images in its shards, not (necessarily) at the original paths
+    images = records.read_images(picks) if hasattr(records, "read_images") else {}
     cols = int(np.ceil(np.sqrt(len(picks))))
     rows = int(np.ceil(len(picks) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, index in zip(axes.ravel(), picks, strict=False):
-        record = with_boxes[index]
         image, boxes, classes = prepare_example(
-            record, cfg.model.input_size, augmenter, rng, d.letterbox
+            records[index], cfg.model.input_size, augmenter, rng, d.letterbox, images.get(index)
         )
         ax.imshow(image)
         for (x1, y1, x2, y2), c in zip(boxes, classes, strict=True):

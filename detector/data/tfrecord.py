@@ -29,6 +29,7 @@ import numpy as np
 from detector.data.records import Dataset, Problems, Record
 
 INDEX_VERSION = 1
+SHUFFLE_BLOCK = 2048  # examples held in memory by the training stream's shuffle
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -109,6 +110,9 @@ def pack_split(dataset: Dataset, out_dir: str, split: str, shards: int) -> dict:
     from detector.io import atomic_path, atomic_write_text
 
     records = dataset.records
+    index_path = os.path.join(out_dir, f"{split}.json")
+    if os.path.exists(index_path):  # written last: until then the split reads as absent
+        os.remove(index_path)
     shards = max(1, min(shards, len(records)))
     files = [shard_name(split, i, shards) for i in range(shards)]
     for i, name in enumerate(files):
@@ -138,7 +142,7 @@ def pack_split(dataset: Dataset, out_dir: str, split: str, shards: int) -> dict:
         "problems": dict(dataset.problems),
         "problem_examples": dataset.problems.examples,
     }
-    atomic_write_text(os.path.join(out_dir, f"{split}.json"), json.dumps(index, indent=1))
+    atomic_write_text(index_path, json.dumps(index, indent=1))
     return index
 
 
@@ -180,6 +184,22 @@ class PackedRecords:
     def __iter__(self):
         return iter(self._all())
 
+    def read_images(self, wanted) -> dict:
+        """{i: decoded RGB image} for the record indices in `wanted`, in one pass over the
+        shards (stops once all are found)."""
+        import tensorflow as tf
+
+        from detector.data.augment import decode_image
+
+        wanted, found = set(int(i) for i in wanted), {}
+        ds = tf.data.TFRecordDataset(self.files).map(lambda s: parse_example(s)["image"])
+        for i, data in enumerate(ds.as_numpy_iterator()):
+            if i in wanted:
+                found[i] = decode_image(data, f"{self.folder}: packed image {i}")
+                if len(found) == len(wanted):
+                    break
+        return found
+
     def box_table(self) -> np.ndarray:
         """(K, 4): width, height of every box and width, height of its image, pixels."""
         return np.load(os.path.join(self.folder, f"{self.index['split']}_boxes.npy"))
@@ -199,6 +219,14 @@ def load_packed(folder: str, split: str, spec_path: str) -> Dataset:
     if index.get("version") != INDEX_VERSION:
         raise ValueError(f"{index_path}: packed index version {index.get('version')!r}; this "
                          f"version reads {INDEX_VERSION} (pack the dataset again)")  # fmt: skip
+    need = ("split", "count", "files", "file_counts", "names", "category_ids")
+    lacking = [key for key in need if key not in index]
+    if lacking:
+        raise ValueError(f"{index_path}: packed index without {lacking} (pack the dataset again)")
+    for name in (f"{split}_boxes.npy", f"{split}_gt.json"):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise ValueError(f"{index_path}: {os.path.join(folder, name)} is missing "
+                             "(pack the dataset again)")  # fmt: skip
     records = PackedRecords(folder, index)
     missing = [p for p in records.files if not os.path.isfile(p)]
     if missing:
@@ -215,8 +243,8 @@ def make_packed_stream(records: PackedRecords, seed: int, start: int, shard=(1, 
     """The endless stream of (position, parsed example) a training pipeline maps over.
 
     Pass k reads this pipeline's shard files in an order drawn from (seed, k), interleaved
-    in parallel, through a shuffle buffer seeded from (seed, k): the stream is a function
-    of the seed, and ``start`` (elements already consumed, e.g. by a resumed run) starts
+    in parallel, and permutes each block of `SHUFFLE_BLOCK` examples by a permutation
+    drawn from (seed, k, block): the stream is a function of the seed, and ``start`` (elements already consumed, e.g. by a resumed run) starts
     it in the right pass, skipping (reading, not decoding) at most one pass.
 
     ``shard`` = (count, index) splits the data between input pipelines: with at least
@@ -243,10 +271,15 @@ def make_packed_stream(records: PackedRecords, seed: int, start: int, shard=(1, 
             tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )  # fmt: skip
-        buffer_seed = tf.random.stateless_uniform(
-            [], seeds, minval=0, maxval=2**31 - 1, dtype=tf.int64
-        )
-        return ds.shuffle(min(per_pass, 10_000), seed=buffer_seed)
+        # Shuffled in blocks with a stateless permutation of each (seed, pass, block): a
+        # seeded ds.shuffle cannot take a per-pass seed tensor once a global seed is set.
+        def permute(j, block):
+            block_seeds = tf.stack([tf.constant(seed, tf.int64), k * 1_000_003 + j])
+            n = tf.shape(block, out_type=tf.int64)[0]
+            order = tf.random.experimental.stateless_shuffle(tf.range(n), block_seeds)
+            return tf.data.Dataset.from_tensor_slices(tf.gather(block, order))
+
+        return ds.batch(min(per_pass, SHUFFLE_BLOCK)).enumerate().flat_map(permute)
 
     ds = tf.data.Dataset.range(start // per_pass, 2**62).flat_map(one_pass)
     ds = ds.skip(start % per_pass).enumerate(start=start)
