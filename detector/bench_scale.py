@@ -36,10 +36,7 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
     import keras
     import tensorflow as tf
 
-    from detector.bench import _interleaved_step_seconds
-    from detector.loss import identity_loss
-    from detector.model import build_inference_model, build_training_model
-    from detector.training import make_loss, make_optimizer
+    from detector.bench import _interleaved_step_seconds, _train_model
 
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     size, batch, classes = cfg.model.input_size, cfg.data.batch_size, 4
@@ -55,12 +52,8 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
 
     def model_under(strategy):
         with strategy.scope():
-            inference = build_inference_model(classes, anchors, cfg.model.variant,
-                                              cfg.model.width, size)  # fmt: skip
-            model = build_training_model(inference, make_loss(cfg, anchors, classes),
-                                         cfg.data.max_boxes)  # fmt: skip
-            model.compile(optimizer=make_optimizer(cfg), loss=identity_loss)
-        return model
+            return _train_model(cfg, anchors, classes, cfg.model.variant, cfg.model.width,
+                                cfg.data.max_boxes)[1]  # fmt: skip
 
     one = model_under(tf.distribute.get_strategy())
     two = model_under(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))

@@ -112,6 +112,10 @@ class Cluster:
             self._max_fn = max_fn
         return float(self._max_fn(tf.constant([float(value)], tf.float32)))
 
+    def same_everywhere(self, value: float) -> bool:
+        """Whether every worker passed the same `value` (two collectives)."""
+        return self.all_max(value) == -self.all_max(-value)
+
     def agree(self, ok: bool, what: str) -> None:
         """Raises on every worker if any worker reports not `ok` (so that one worker's
         error does not leave the others waiting in a collective forever)."""

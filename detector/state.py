@@ -81,13 +81,18 @@ def resolve(run_dir: str, repair: bool = True) -> dict | None:
     pair = newest_pair(run_dir)
     if pair is None:
         return None
-    weights, meta = pair
-    if repair and weights.endswith(".bkp"):
+    if repair:
+        _repair(run_dir, pair)
+    return pair[1]
+
+
+def _repair(run_dir: str, pair: tuple[str, dict]) -> None:
+    """Makes the previous pair the latest again when `pair` (from `newest_pair`) is it."""
+    if pair[0].endswith(".bkp"):
         folder = os.path.join(run_dir, STATE_DIR)
         for name in (WEIGHTS, METADATA):
             with atomic_path(os.path.join(folder, name)) as tmp:
                 shutil.copyfile(os.path.join(folder, name + ".bkp"), tmp)
-    return meta
 
 
 class RunState(keras.callbacks.BackupAndRestore):
@@ -120,10 +125,11 @@ class RunState(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         if not self.restore:  # a new run: whatever lies in a worker's run_dir is not its own
             return
-        resolve(self.run_dir, repair=self.owner)
-        pair = newest_pair(self.run_dir)
+        pair = newest_pair(self.run_dir)  # one CRC pass over the weights
         if pair is None:
             return
+        if self.owner:  # the other workers only read the chief's directory
+            _repair(self.run_dir, pair)
         weights, meta = pair
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)

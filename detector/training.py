@@ -161,6 +161,24 @@ def _setup_run_dir(cfg: Config, resume: bool, cluster: Cluster, train: Dataset):
     return run_dir, meta, anchors
 
 
+def _check_workers_agree(cluster: Cluster, cfg: Config, images: int, done: int, run_dir: str):
+    """Multi-worker: the same training set, config and restored epoch on every worker,
+    else a `ClusterError` naming what differs (before the first step, not a hang later)."""
+    if not cluster.same_everywhere(images):
+        raise ClusterError(f"the workers read different training sets (this one: {images} "
+                           "images): every worker needs the same dataset")  # fmt: skip
+    digest = zlib.crc32(yaml.safe_dump(asdict(cfg), sort_keys=True).encode()) & 0xFFFFFF
+    if not cluster.same_everywhere(digest):  # 24 bits: exact in float32
+        raise ClusterError("the workers run different configs (same config file, --epochs "
+                           "and --set on every worker)")  # fmt: skip
+    if not cluster.same_everywhere(done):
+        raise ClusterError(
+            f"the workers restored different epochs from {os.path.join(run_dir, 'state')} "
+            f"(this one: {done}): a resumed multi-worker run needs its run directory on a "
+            "filesystem every worker reads (docs/distributed.md)"
+        )
+
+
 def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
     d, t, e = cfg.data, cfg.train, cfg.eval
 
@@ -204,21 +222,8 @@ def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
         raise
     cluster.agree(True, "to set up")
     done = meta["epoch"] if meta else 0
-    if cluster.multi_worker:  # the workers must see the same data and the same state
-        n = len(train.records)
-        if cluster.all_max(n) != -cluster.all_max(-n):
-            raise ClusterError(f"the workers read different training sets (this one: {n} "
-                               "images): every worker needs the same dataset")  # fmt: skip
-        digest = zlib.crc32(yaml.safe_dump(asdict(cfg), sort_keys=True).encode()) & 0xFFFFFF
-        if cluster.all_max(digest) != -cluster.all_max(-digest):  # exact in float32
-            raise ClusterError("the workers run different configs (same config file, "
-                               "--epochs and --set on every worker)")  # fmt: skip
-        if cluster.all_max(done) != -cluster.all_max(-done):
-            raise ClusterError(
-                f"the workers restored different epochs from {os.path.join(run_dir, 'state')} "
-                f"(this one: {done}): a resumed multi-worker run needs its run directory on a "
-                "filesystem every worker reads (docs/distributed.md)"
-            )
+    if cluster.multi_worker:
+        _check_workers_agree(cluster, cfg, len(train.records), done, run_dir)
     if resume and done >= t.epochs:
         print(f"{run_dir} has finished its {done} epochs: nothing to do (pass a larger "
               "--epochs to extend it)")  # fmt: skip

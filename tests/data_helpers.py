@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -144,3 +145,15 @@ def damage_images(root: str) -> None:
         image = convert(cv2.imread(path))
         ext = ".jpg" if name == "img7.jpg" else ".png"  # PNG bytes behind a .jpg name
         open(path, "wb").write(cv2.imencode(ext, image)[1].tobytes())
+
+
+def synthetic_spec(root: Path, seed: int, train: int, val: int, size: int) -> Path:
+    """The spec of a synthetic dataset under `root` (generated when first read)."""
+    spec = root / "spec.yaml"
+    spec.write_text(
+        "format: synthetic\n"
+        f"synthetic: {{seed: {seed}, train_images: {train}, val_images: {val}, size: {size}}}\n"
+        "train: {images: images/train, annotations: annotations/train.json}\n"
+        "val: {images: images/val, annotations: annotations/val.json}\n"
+    )
+    return spec

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from detector.distribute import resolve_kind, tf_config_workers
+from tests.data_helpers import synthetic_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -113,15 +114,7 @@ def test_a_failing_chief_callback_stops_every_worker_at_the_epoch_end():
 @pytest.fixture(scope="module")
 def one_step_spec(tmp_path_factory) -> Path:
     """8 training images: with a global batch of 8, epoch 1 is exactly one step."""
-    root = tmp_path_factory.mktemp("one_step")
-    spec = root / "spec.yaml"
-    spec.write_text(
-        "format: synthetic\n"
-        "synthetic: {seed: 5, train_images: 8, val_images: 4, size: 96}\n"
-        "train: {images: images/train, annotations: annotations/train.json}\n"
-        "val: {images: images/val, annotations: annotations/val.json}\n"
-    )
-    return spec
+    return synthetic_spec(tmp_path_factory.mktemp("one_step"), 5, 8, 4, 96)
 
 
 def _train(*args, env=None, timeout=600):
