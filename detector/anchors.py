@@ -1,21 +1,19 @@
 """YOLOv2's "dimension clusters": k-means over box shapes with distance 1 − IoU.
 
-Command line::
+Command line (``python -m detector.anchors`` is an alias)::
 
-    python -m detector.anchors SPEC [--k 5] [--input-size 416] [--letterbox] [--json OUT]
+    python -m detector.data anchors SPEC [--k 5] [--input-size 416] [--letterbox] [--json OUT]
 
 prints the anchors in grid cells (darknet's unit, ready for ``model.anchors``) and the
 mean IoU between the training boxes and their best anchor.
 """
 
-import argparse
-import json
 import sys
 
 import numpy as np
 
 from detector.boxes import shape_iou
-from detector.targets import STRIDE
+from detector.grid import STRIDE
 
 
 def kmeans_anchors(
@@ -95,17 +93,12 @@ def mean_best_iou(wh: np.ndarray, anchors: np.ndarray) -> float:
 def box_shapes(records, input_size: int, letterbox: bool = False) -> np.ndarray:
     """(N, 2) widths and heights of every box, in grid cells of the network input.
 
-    With a plain resize each axis scales to `input_size`; with letterboxing both scale by
-    the longer side, as the pipeline maps them.
+    `records`: `detector.data.records.Records` (its ``box_table``). With a plain resize
+    each axis scales to `input_size`; with letterboxing both scale by the longer side, as
+    the pipeline maps them.
     """
-    if hasattr(records, "box_table"):  # packed: the table saved at packing time
-        table = records.box_table()
-        wh, image_wh = table[:, :2], table[:, 2:]
-    else:
-        wh = [r.boxes[:, 2:] - r.boxes[:, :2] for r in records]
-        wh = np.concatenate(wh) if wh else np.zeros((0, 2))
-        image_wh = [np.tile([r.width, r.height], (len(r.boxes), 1)) for r in records]
-        image_wh = np.concatenate(image_wh) if image_wh else np.zeros((0, 2))
+    table = np.asarray(records.box_table(), np.float64)
+    wh, image_wh = table[:, :2], table[:, 2:]
     if letterbox:
         wh = wh / image_wh.max(axis=1, keepdims=True)
     else:
@@ -113,45 +106,7 @@ def box_shapes(records, input_size: int, letterbox: bool = False) -> np.ndarray:
     return wh * (input_size / STRIDE)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m detector.anchors",
-        description="k-means anchors (distance 1 - IoU) of a dataset's training boxes.",
-    )
-    parser.add_argument("spec", help="dataset spec YAML")
-    parser.add_argument("--k", type=int, default=5, help="number of anchors (default 5)")
-    parser.add_argument("--input-size", type=int, default=416, help="network input, px")
-    parser.add_argument("--letterbox", action="store_true", help="boxes as letterboxed")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--restarts", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="write {anchors, mean_iou, input_size} here")
-    args = parser.parse_args(argv)
-    from detector.data.spec import load_dataset
-
-    try:
-        if args.input_size <= 0 or args.input_size % STRIDE:
-            raise ValueError(f"--input-size: {args.input_size} is not a positive multiple of 32")
-        dataset = load_dataset(args.spec, args.split, check_images=False)
-        wh = box_shapes(dataset.records, args.input_size, args.letterbox)
-        anchors = kmeans_anchors(wh, args.k, args.seed, restarts=args.restarts)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    iou = mean_best_iou(wh, anchors)
-    grid = args.input_size // STRIDE
-    print(f"{len(wh)} boxes, k={args.k}, input {args.input_size} px ({grid}x{grid} grid)")
-    print("anchors (grid cells): " + ",  ".join(f"{w:.4g},{h:.4g}" for w, h in anchors))
-    print(f"mean IoU with the best anchor: {iou:.4f}")
-    if args.json:
-        from detector.io import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps({
-            "anchors": np.round(anchors.astype(float), 5).tolist(), "mean_iou": iou,
-            "input_size": args.input_size,
-        }, indent=2))  # fmt: skip
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from detector.data.cli import main
+
+    sys.exit(main(["anchors", *sys.argv[1:]]))

@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from detector.cli import quiet_update_checks
+
 TARGETS = {
     "pipeline_ratio": (">=", 0.95),
     "loss_overhead": ("<=", 0.10),
@@ -38,8 +40,8 @@ def conv_flops(model, input_size: int) -> float:
 
     total = 0.0
     probe = keras.Model(model.inputs, [layer.output for layer in _convs(model)])
-    shapes = [o.shape for o in probe.compute_output_spec(
-        keras.KerasTensor((1, input_size, input_size, 3)))]  # fmt: skip
+    outputs = probe.compute_output_spec(keras.KerasTensor((1, input_size, input_size, 3)))
+    shapes = [o.shape for o in outputs]
     for layer, shape in zip(_convs(model), shapes, strict=True):
         kh, kw, c_in, c_out = layer.kernel.shape
         total += 2.0 * kh * kw * c_in * c_out * shape[1] * shape[2]
@@ -90,20 +92,23 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
 
 
 def _train_model(cfg, anchors, num_classes, variant, width, max_boxes, loss="yolo"):
+    """(inference model, compiled model): the YOLO training model, or (`loss="mse"`) the
+    inference model itself fitted to a raw target."""
     import keras
 
+    from detector.build import make_loss, make_optimizer
     from detector.loss import identity_loss
     from detector.model import build_inference_model, build_training_model
-    from detector.training import make_loss, make_optimizer
 
     inference = build_inference_model(num_classes, anchors, variant, width, cfg.model.input_size)
+    jit = cfg.train.jit_compile
     if loss == "yolo":
-        model = build_training_model(inference, make_loss(cfg, anchors, num_classes), max_boxes)
-        model.compile(optimizer=make_optimizer(cfg), loss=identity_loss,
-                      jit_compile=cfg.train.jit_compile)  # fmt: skip
+        layer = make_loss(cfg.loss, anchors=anchors, num_classes=num_classes)
+        model = build_training_model(inference, layer, max_boxes)
+        model.compile(optimizer=make_optimizer(cfg.train), loss=identity_loss, jit_compile=jit)
     else:
         model = inference
-        model.compile(optimizer=make_optimizer(cfg), loss="mse", jit_compile=cfg.train.jit_compile)
+        model.compile(optimizer=make_optimizer(cfg.train), loss="mse", jit_compile=jit)
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     return inference, model
 
@@ -137,45 +142,61 @@ def _interleaved_step_seconds(jobs, steps: int, rounds: int = 3) -> list[float]:
 def measure(cfg, quick: bool = False) -> dict:
     """Runs every measurement; returns the raw timings and the derived ratios."""
     import keras
-    import tensorflow as tf
 
-    from detector.callbacks import BestCocoAP
-    from detector.data.augment import build_augmenter
-    from detector.data.pipeline import make_train_dataset
+    from detector.build import choose_anchors, make_augmenter
+    from detector.data.pipeline import TrainInput, make_train_dataset
     from detector.data.spec import load_dataset
-    from detector.evaluation import evaluate_model, ground_truth, make_predict_fn
-    from detector.model import build_inference_model
-    from detector.training import choose_anchors
 
     keras.mixed_precision.set_global_policy(cfg.train.precision)
-    d, e = cfg.data, cfg.eval
+    d, m = cfg.data, cfg.model
     train, val = load_dataset(d.spec, "train"), load_dataset(d.spec, "val")
-    anchors = choose_anchors(cfg, train)
-    size, batch, classes = cfg.model.input_size, d.batch_size, len(train.names)
-    steps = 5 if quick else 30
-    t: dict = {"config": {"variant": cfg.model.variant, "width": cfg.model.width,
-                          "input_size": size, "batch_size": batch,
-                          "precision": cfg.train.precision}}  # fmt: skip
+    anchors = choose_anchors(m, train, seed=cfg.train.seed, letterbox=d.letterbox)
+    t: dict = {
+        "config": {
+            "variant": m.variant,
+            "width": m.width,
+            "input_size": m.input_size,
+            "batch_size": d.batch_size,
+            "precision": cfg.train.precision,
+        }
+    }
+    spec = TrainInput(
+        train.records,
+        m.input_size,
+        anchors,
+        d.batch_size,
+        d.max_boxes,
+        lambda: make_augmenter(d),
+        iou_thresh=cfg.loss.iou_thresh,
+        letterbox=d.letterbox,
+        cache_mb=d.cache_mb,
+    )
+    pipeline = make_train_dataset(spec)
+    classes = len(train.names)
+    inference, model = _train_model(cfg, anchors, classes, m.variant, m.width, d.max_boxes)
+    t.update(_step_timings(cfg, anchors, classes, model, pipeline, quick))
+    t["train_flops_per_image"] = 3 * conv_flops(inference, m.input_size)
+    t["matmul_gflops"] = matmul_gflops(512 if quick else 1024)
+    epoch_steps = 5 if quick else len(train.records) // d.batch_size
+    t.update(_epoch_timings(cfg, inference, model, pipeline, val, epoch_steps))
+    t.update(_inference_timings(cfg, inference, val, next(iter(pipeline))[0][0], quick))
+    t.update(_full_model_timings(classes, anchors, quick))
+    t["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return ratios(t)
 
-    def make_augmenter():
-        return build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation,
-                               d.exposure, d.min_visibility)  # fmt: skip
 
-    pipeline = make_train_dataset(train.records, size, anchors, batch, d.max_boxes,
-                                  make_augmenter, iou_thresh=cfg.loss.iou_thresh,
-                                  letterbox=d.letterbox, cache_mb=d.cache_mb)  # fmt: skip
+def _step_timings(cfg, anchors, classes: int, model, pipeline, quick: bool) -> dict:
+    """The train step on one cached batch (YOLO loss and plain MSE), ``fit`` over the real
+    pipeline, and the pipeline alone."""
+    size, batch = cfg.model.input_size, cfg.data.batch_size
     first = next(iter(pipeline))
-
-    inference, model = _train_model(cfg, anchors, classes, cfg.model.variant, cfg.model.width,
-                                    d.max_boxes)  # fmt: skip
-    _, plain = _train_model(cfg, anchors, classes, cfg.model.variant, cfg.model.width,
-                            d.max_boxes, loss="mse")  # fmt: skip
+    m = cfg.model
+    _, plain = _train_model(cfg, anchors, classes, m.variant, m.width, cfg.data.max_boxes, "mse")
     raw_target = np.zeros(plain.compute_output_shape((batch, size, size, 3)), np.float32)
-    yolo_s, mse_s, fit_s = _interleaved_step_seconds(
-        [(model, first), (plain, (first[0][0], raw_target)), (model, pipeline)],
-        steps, rounds=2 if quick else 4,
-    )  # fmt: skip
-    t["step_seconds_yolo"], t["step_seconds_mse"] = yolo_s, mse_s
+    jobs = [(model, first), (plain, (first[0][0], raw_target)), (model, pipeline)]
+    steps = 5 if quick else 30
+    yolo_s, mse_s, fit_s = _interleaved_step_seconds(jobs, steps, rounds=2 if quick else 4)
+    t = {"step_seconds_yolo": yolo_s, "step_seconds_mse": mse_s}
     t["step_ips"] = batch / yolo_s
     t["fit_ips"] = batch / fit_s
     # the input pipeline alone, in its steady state (the fits above filled any image cache)
@@ -186,12 +207,19 @@ def measure(cfg, quick: bool = False) -> dict:
     for _ in range(n):
         next(it)
     t["pipeline_ips"] = n * batch / (time.perf_counter() - start)
-    t["train_flops_per_image"] = 3 * conv_flops(inference, size)
-    t["matmul_gflops"] = matmul_gflops(512 if quick else 1024)
+    return t
 
-    # one epoch over the real pipeline with the evaluation callback, timed apart
-    best = BestCocoAP(inference, val, ground_truth(val), "/tmp", lambda epoch: True,
-                      batch_size=e.batch_size)  # fmt: skip
+
+def _epoch_timings(cfg, inference, model, pipeline, val, epoch_steps: int) -> dict:
+    """One epoch over the real pipeline with the evaluation callback, its time apart."""
+    from detector.checkpoints import BestCocoAP, EvalCopy
+    from detector.data.coco import ground_truth
+
+    e = cfg.eval
+    copy = EvalCopy(inference)
+    best = BestCocoAP(
+        copy, val, ground_truth(val), "/tmp", lambda epoch: True, batch_size=e.batch_size
+    )
     best.save_best = lambda *a, **k: None
     timer = {"eval": 0.0}
     evaluate = best.evaluate
@@ -203,28 +231,48 @@ def measure(cfg, quick: bool = False) -> dict:
         return out
 
     best.evaluate = timed_evaluate
-    epoch_steps = 5 if quick else len(train.records) // batch
     model.fit(pipeline, steps_per_epoch=2, epochs=1, verbose=0)
     start = time.perf_counter()
     model.fit(pipeline, steps_per_epoch=epoch_steps, epochs=1, verbose=0, callbacks=[best])
     epoch = time.perf_counter() - start
-    t["eval_seconds_per_epoch"] = timer["eval"] / e.every
-    t["epoch_seconds"] = epoch - timer["eval"] + t["eval_seconds_per_epoch"]
+    eval_per_epoch = timer["eval"] / e.every
+    return {
+        "eval_seconds_per_epoch": eval_per_epoch,
+        "epoch_seconds": epoch - timer["eval"] + eval_per_epoch,
+    }
 
-    # inference: the compiled forward alone vs what evaluate.py does end to end
-    images = first[0][0]
+
+def _inference_timings(cfg, inference, val, images, quick: bool) -> dict:
+    """The compiled forward alone vs what evaluate.py does end to end, images/s."""
+    import tensorflow as tf
+
+    from detector.data.coco import ground_truth
+    from detector.evaluation import evaluate_model
+    from detector.predict import make_predict_fn
+
+    e, size = cfg.eval, cfg.model.input_size
     forward = tf.function(lambda x: inference(x, training=False))
-    t["forward_ips"] = batch / _timed(lambda: forward(images).numpy(), 3 if quick else 10)
+    forward_s = _timed(lambda: forward(images).numpy(), 3 if quick else 10)
     predict = make_predict_fn(inference, e.score_threshold, e.nms_iou, e.max_detections)
     truth = ground_truth(val)
 
     def run_eval():
         evaluate_model(inference, val, size, truth, batch_size=e.batch_size, predict_fn=predict)
 
-    t["eval_ips"] = len(val.records) / _timed(run_eval, 1 if quick else 3)
+    return {
+        "forward_ips": int(images.shape[0]) / forward_s,
+        "eval_ips": len(val.records) / _timed(run_eval, 1 if quick else 3),
+    }
 
-    # the full-width Darknet-19 at 416, batch 4, in float32 like the matmul it is compared
-    # with: how close the convolutions get to the machine's dense-math ceiling
+
+def _full_model_timings(classes: int, anchors, quick: bool) -> dict:
+    """The full-width Darknet-19 at 416, batch 4, in float32 like the matmul it is compared
+    with: how close the convolutions get to the machine's dense-math ceiling."""
+    import keras
+    import tensorflow as tf
+
+    from detector.model import build_inference_model
+
     full_size, full_batch = 416, 4
     keras.mixed_precision.set_global_policy("float32")
     full = build_inference_model(classes, anchors, "darknet19", 1.0, full_size)
@@ -232,10 +280,10 @@ def measure(cfg, quick: bool = False) -> dict:
     x = tf.random.uniform((full_batch, full_size, full_size, 3), 0, 255)
     y = np.zeros(full.compute_output_shape((full_batch, full_size, full_size, 3)), np.float32)
     seconds = _fit_seconds_per_step(full, (x, y), 2 if quick else 4)
-    t["full_step_ips"] = full_batch / seconds
-    t["full_train_flops_per_image"] = 3 * conv_flops(full, full_size)
-    t["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return ratios(t)
+    return {
+        "full_step_ips": full_batch / seconds,
+        "full_train_flops_per_image": 3 * conv_flops(full, full_size),
+    }
 
 
 ROWS = (
@@ -272,6 +320,7 @@ def format_table(r: dict) -> str:
 
 
 def main(argv=None) -> int:
+    quiet_update_checks()
     parser = argparse.ArgumentParser(
         prog="python -m detector.bench", description=__doc__.split("\n")[0]
     )

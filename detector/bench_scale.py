@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from detector.cli import quiet_update_checks
+
 
 def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
     """Seconds per step on one device vs mirrored on 2 logical CPU devices (same global
@@ -52,8 +54,9 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
 
     def model_under(strategy):
         with strategy.scope():
-            return _train_model(cfg, anchors, classes, cfg.model.variant, cfg.model.width,
-                                cfg.data.max_boxes)[1]  # fmt: skip
+            return _train_model(
+                cfg, anchors, classes, cfg.model.variant, cfg.model.width, cfg.data.max_boxes
+            )[1]
 
     one = model_under(tf.distribute.get_strategy())
     two = model_under(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
@@ -66,7 +69,7 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
             "input_size": size,
             "global_batch": batch,
             "precision": cfg.train.precision,
-        },  # fmt: skip
+        },
         "step_seconds_one_device": seconds[0],
         "step_seconds_mirrored_2": seconds[1],
         "mirrored_overhead_ratio": seconds[1] / seconds[0],
@@ -93,18 +96,30 @@ def write_tiny_coco(root: str, count: int, seed: int = 0) -> str:
         for _ in range(int(rng.integers(1, 4))):
             x, y = rng.uniform(0, 20, 2)
             w, h = rng.uniform(4, 12, 2)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
-                                "category_id": int(rng.integers(1, 5)), "iscrowd": 0,
-                                "bbox": [x, y, w, h], "area": w * h})  # fmt: skip
-    coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": f"c{c}"} for c in range(1, 5)]}  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(rng.integers(1, 5)),
+                    "iscrowd": 0,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                }
+            )
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": c, "name": f"c{c}"} for c in range(1, 5)],
+    }
     with open(os.path.join(root, "instances.json"), "w") as f:
         json.dump(coco, f)
     spec = os.path.join(root, "spec.yaml")
     with open(spec, "w") as f:
-        f.write("format: coco\n"
-                "train: {images: images, annotations: instances.json}\n"
-                "val: {images: images, annotations: instances.json}\n")  # fmt: skip
+        f.write(
+            "format: coco\n"
+            "train: {images: images, annotations: instances.json}\n"
+            "val: {images: images, annotations: instances.json}\n"
+        )
     return spec
 
 
@@ -112,14 +127,14 @@ STARTUP_SNIPPET = """
 import json, sys, time
 import tensorflow as tf
 from detector.anchors import box_shapes, kmeans_anchors
-from detector.data.pipeline import make_train_dataset
+from detector.data.pipeline import TrainInput, make_train_dataset
 from detector.data.spec import load_dataset
 start = time.perf_counter()
 train = load_dataset(sys.argv[1], "train")
 read = time.perf_counter()
 anchors = kmeans_anchors(box_shapes(train.records, 64), 5, seed=0)
 clustered = time.perf_counter()
-ds = make_train_dataset(train.records, 64, anchors, 16, 10, None, seed=0)
+ds = make_train_dataset(TrainInput(train.records, 64, anchors, 16, 10, None, seed=0))
 next(iter(ds))
 done = time.perf_counter()
 print(json.dumps({"read_seconds": read - start, "anchors_seconds": clustered - read,
@@ -129,7 +144,7 @@ print(json.dumps({"read_seconds": read - start, "anchors_seconds": clustered - r
 
 def startup(count: int, folder: str) -> dict:
     """Start-up seconds of a `count`-image spec from JSON and from its TFRecord pack."""
-    from detector.data.__main__ import main as data_main
+    from detector.data.cli import main as data_main
 
     t0 = time.perf_counter()
     spec = write_tiny_coco(folder, count)
@@ -141,8 +156,13 @@ def startup(count: int, folder: str) -> dict:
 
     def timed(path):
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run([sys.executable, "-c", STARTUP_SNIPPET, path], check=True,
-                             capture_output=True, text=True, cwd=root)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", STARTUP_SNIPPET, path],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=root,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     from_json = timed(spec)
@@ -159,8 +179,10 @@ def startup(count: int, folder: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detector.bench_scale",
-                                     description=__doc__.split("\n")[0])  # fmt: skip
+    quiet_update_checks()
+    parser = argparse.ArgumentParser(
+        prog="python -m detector.bench_scale", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("mirrored", help="per-step overhead of MirroredStrategy, 2 CPU devices")
     p.add_argument("--config", default="configs/default.yaml")
@@ -169,24 +191,31 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     p = sub.add_parser("startup", help="start-up time of a large spec: JSON vs TFRecord")
     p.add_argument("--images", type=int, default=100_000)
-    p.add_argument("--dir", default="runs/bench_startup",
-                   help="where the generated dataset goes (kept for reruns)")  # fmt: skip
+    p.add_argument(
+        "--dir",
+        default="runs/bench_startup",
+        help="where the generated dataset goes (kept for reruns)",
+    )
     p.add_argument("--json")
     args = parser.parse_args(argv)
     if args.command == "mirrored":
         from detector.config import load_config
 
         result = mirrored_overhead(load_config(args.config, args.set), args.steps)
-        print(f"step seconds: one device {result['step_seconds_one_device']:.4f}, mirrored "
-              f"over 2 CPU devices {result['step_seconds_mirrored_2']:.4f}; ratio "
-              f"{result['mirrored_overhead_ratio']:.3f}")  # fmt: skip
+        print(
+            f"step seconds: one device {result['step_seconds_one_device']:.4f}, mirrored "
+            f"over 2 CPU devices {result['step_seconds_mirrored_2']:.4f}; ratio "
+            f"{result['mirrored_overhead_ratio']:.3f}"
+        )
     else:
         result = startup(args.images, args.dir)
         for source in ("json", "tfrecord"):
             r = result[source]
-            print(f"{source:>8}: read split {r['read_seconds']:.2f} s, k-means anchors "
-                  f"{r['anchors_seconds']:.2f} s, first batch {r['first_batch_seconds']:.2f} s "
-                  "after start")  # fmt: skip
+            print(
+                f"{source:>8}: read split {r['read_seconds']:.2f} s, k-means anchors "
+                f"{r['anchors_seconds']:.2f} s, first batch {r['first_batch_seconds']:.2f} s "
+                "after start"
+            )
         ratio = result["startup_ratio_json_over_tfrecord"]
         print(
             f"{args.images} images; JSON / TFRecord start-up: {ratio:.1f}x (generate "

@@ -4,6 +4,12 @@ Formats (one per name, everywhere in the project):
 - ``xyxy``: ``(x1, y1, x2, y2)`` corners; pixels unless a docstring says normalised.
 - ``cxcywh``: ``(cx, cy, w, h)`` centre and size; same unit as the input.
 - ``xywh``: COCO's ``(x, y, w, h)`` top-left corner and size, pixels.
+
+Two pixel spaces: *image pixels* of the original image (height, width), as the records
+hold boxes, and *input pixels* of the square (size, size) network input. An image maps
+onto the input plainly resized (each axis by its own gain, as YOLOv2 does) or letterboxed
+(both axes by size / max(height, width), the rest padded, centred): `letterbox_geometry`
+says how, `to_input_pixels` and `to_image_pixels` map boxes there and back.
 """
 
 import numpy as np
@@ -64,3 +70,40 @@ def clip_xyxy(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
     boxes[..., 0::2] = np.clip(boxes[..., 0::2], 0, width)
     boxes[..., 1::2] = np.clip(boxes[..., 1::2], 0, height)
     return boxes
+
+
+def letterbox_geometry(
+    height: int, width: int, size: int, letterbox: bool
+) -> tuple[float, float, float, float]:
+    """How an image of (height, width) image pixels maps onto the (size, size) input.
+
+    Returns:
+        (gain_x, gain_y, pad_x, pad_y): input pixel = image pixel * gain + pad, per axis.
+        Plain resize: gains size / width and size / height, no pad. Letterbox: one gain
+        size / max(height, width); the resized image (rounded to whole pixels) is centred,
+        the pads are whole input pixels.
+    """
+    if not letterbox:
+        return size / width, size / height, 0.0, 0.0
+    gain = size / max(height, width)
+    new_w, new_h = round(width * gain), round(height * gain)
+    return gain, gain, (size - new_w) // 2, (size - new_h) // 2
+
+
+def to_input_pixels(
+    boxes: np.ndarray, height: int, width: int, size: int, letterbox: bool
+) -> np.ndarray:
+    """xyxy (N, 4) in image pixels -> float32 (N, 4) xyxy in input pixels (not clipped)."""
+    gx, gy, px, py = letterbox_geometry(height, width, size, letterbox)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([gx, gy, gx, gy], np.float32)
+    return boxes + np.array([px, py, px, py], np.float32)
+
+
+def to_image_pixels(
+    boxes: np.ndarray, height: int, width: int, size: int, letterbox: bool
+) -> np.ndarray:
+    """Inverse of `to_input_pixels`: xyxy (..., 4) in input pixels -> float64 xyxy in image
+    pixels, clipped to the image."""
+    gx, gy, px, py = letterbox_geometry(height, width, size, letterbox)
+    out = (np.asarray(boxes, np.float64) - [px, py, px, py]) / [gx, gy, gx, gy]
+    return np.clip(out, 0.0, [width, height, width, height])

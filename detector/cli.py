@@ -10,6 +10,12 @@ from detector.config import load_config
 DEFAULT_CONFIG = "configs/default.yaml"
 
 
+def quiet_update_checks() -> None:
+    """Entry points call this before albumentations is imported: at import it asks PyPI
+    for a newer version (a blocking network call of up to 2 s, and a warning offline)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a YOLOv2 detector.")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
@@ -17,9 +23,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="sets train.epochs")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget (sets train.max_minutes)")
     p.add_argument("--run-dir", help="sets train.run_dir")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue this run from its saved state (its config.yaml; --epochs "
-                   "extends it, --max-minutes replaces the budget)")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue this run from its saved state (its config.yaml; --epochs "
+        "extends it, --max-minutes replaces the budget)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -32,12 +41,17 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_overrides(args: argparse.Namespace) -> list[str]:
     """The flags as ``section.key=value`` overrides; ``--set`` ones come last and win."""
-    flags = {"data.spec": args.data, "train.epochs": args.epochs,
-             "train.max_minutes": args.max_minutes, "train.run_dir": args.run_dir}  # fmt: skip
+    flags = {
+        "data.spec": args.data,
+        "train.epochs": args.epochs,
+        "train.max_minutes": args.max_minutes,
+        "train.run_dir": args.run_dir,
+    }
     return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.set)
 
 
 def train_main(argv=None) -> int:
+    quiet_update_checks()
     parser = train_parser()
     args = parser.parse_args(argv)
     if args.resume and (args.run_dir or args.data or args.config != DEFAULT_CONFIG):
@@ -92,6 +106,7 @@ def spec_of_run(checkpoint: str) -> str:
 
 
 def evaluate_main(argv=None) -> int:
+    quiet_update_checks()
     parser = evaluate_parser()
     args = parser.parse_args(argv)
     if bool(args.checkpoint) == bool(args.detections):
@@ -113,8 +128,9 @@ def evaluate_main(argv=None) -> int:
 
 def evaluate_command(args: argparse.Namespace) -> dict:
     """Runs the evaluation the arguments ask for; returns the metrics dict."""
+    from detector.data.coco import ground_truth
     from detector.data.spec import load_annotations, load_dataset
-    from detector.evaluation import coco_metrics, evaluate_model, ground_truth
+    from detector.evaluation import coco_metrics, evaluate_model
 
     if args.detections:
         if not os.path.isfile(args.detections):
@@ -131,8 +147,10 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     head = model.get_layer("yolo_head")
     dataset = load_dataset(args.data or spec_of_run(args.checkpoint), args.split)
     if len(dataset.names) != len(head.class_names):
-        raise ValueError(f"the dataset has {len(dataset.names)} classes, the checkpoint "
-                         f"{len(head.class_names)} ({head.class_names})")  # fmt: skip
+        raise ValueError(
+            f"the dataset has {len(dataset.names)} classes, the checkpoint "
+            f"{len(head.class_names)} ({head.class_names})"
+        )
     input_size = args.input_size or head.input_size
     if input_size % 32:
         raise ValueError(f"--input-size must be a multiple of 32, got {input_size}")

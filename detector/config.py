@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
-# Darknet's published YOLOv2 anchors (yolov2-voc.cfg, yolov2.cfg), (w, h) in 13x13 grid cells.
+from detector.io import atomic_write_text
+from detector.yaml_types import convert
+
+# Darknet's published YOLOv2 anchors as its cfg files write them (yolov2-voc.cfg,
+# yolov2.cfg): w,h pairs in 13x13 grid cells.
+_DARKNET_ANCHORS = {
+    "voc": "1.3221,1.73145, 3.19275,4.00944, 5.05587,8.09892, 9.47112,4.84053, 11.2364,10.0071",
+    "coco": "0.57273,0.677385, 1.87446,2.06253, 3.33843,5.47434, 7.88282,3.52778, 9.77052,9.16828",
+}
 PUBLISHED_ANCHORS: dict[str, tuple[tuple[float, float], ...]] = {
-    "voc": ((1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (9.47112, 4.84053),
-            (11.2364, 10.0071)),
-    "coco": ((0.57273, 0.677385), (1.87446, 2.06253), (3.33843, 5.47434), (7.88282, 3.52778),
-             (9.77052, 9.16828)),
-}  # fmt: skip
+    name: tuple((float(w), float(h)) for w, h in (pair.split(",") for pair in text.split(", ")))
+    for name, text in _DARKNET_ANCHORS.items()
+}
 
 
 @dataclass
@@ -209,23 +212,27 @@ _RULES: dict[str, _Rule] = {
     **dict.fromkeys(("data.saturation", "data.exposure"), ((lambda v: v >= 1), ">= 1")),
     "train.run_dir": ((lambda v: v != ""), "a non-empty path"),
     **dict.fromkeys(
-        ("model.num_anchors", "data.batch_size", "data.max_boxes", "train.epochs")
-        + ("data.multiscale_every",)
-        + ("eval.every", "eval.max_detections", "eval.batch_size"),
+        (
+            "model.num_anchors data.batch_size data.max_boxes train.epochs "
+            "data.multiscale_every eval.every eval.max_detections eval.batch_size"
+        ).split(),
         ((lambda v: v >= 1), ">= 1"),
     ),
     **dict.fromkeys(
-        ("loss.coord_scale", "loss.object_scale", "loss.noobject_scale", "loss.class_scale")
-        + ("loss.warmup_images", "loss.prior_scale", "train.weight_decay", "train.warmup_epochs")
-        + ("train.max_minutes", "eval.warmup", "train.clip_norm", "train.patience")
-        + ("data.cache_mb",)
-        + ("train.warmup_power", "train.seed"),
+        (
+            "loss.coord_scale loss.object_scale loss.noobject_scale loss.class_scale "
+            "loss.warmup_images loss.prior_scale train.weight_decay train.warmup_epochs "
+            "train.max_minutes eval.warmup train.clip_norm train.patience data.cache_mb "
+            "train.warmup_power train.seed"
+        ).split(),
         ((lambda v: v >= 0), ">= 0"),
     ),
     **dict.fromkeys(
-        ("data.hflip", "data.translate", "data.min_visibility", "loss.ignore_thresh")
-        + ("loss.iou_thresh",)
-        + ("train.momentum", "train.final_lr_fraction", "eval.score_threshold", "eval.nms_iou"),
+        (
+            "data.hflip data.translate data.min_visibility loss.ignore_thresh "
+            "loss.iou_thresh train.momentum train.final_lr_fraction eval.score_threshold "
+            "eval.nms_iou"
+        ).split(),
         ((lambda v: 0 <= v <= 1), "in [0, 1]"),
     ),
 }
@@ -248,47 +255,10 @@ def _unknown_key(key: str) -> ValueError:
     return ValueError(f"unknown config key {key!r} ({hint})")
 
 
-def _convert(value: Any, hint: Any) -> Any:
-    """Return `value` as type `hint`, or raise TypeError if it is not one."""
-    origin = get_origin(hint)
-    if origin is UnionType:
-        for arm in get_args(hint):
-            try:
-                return _convert(value, arm)
-            except TypeError:
-                continue
-        raise TypeError
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise TypeError
-        return [_convert(item, get_args(hint)[0]) for item in value]
-    if isinstance(value, bool) != (hint is bool):
-        raise TypeError
-    if hint is float:
-        return _to_float(value)
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, hint):
-        return value
-    raise TypeError
-
-
-def _to_float(value: Any) -> float:
-    """Return a finite float from an int, float or numeric string, or raise TypeError."""
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string.
-            value = float(value)
-        except ValueError:
-            raise TypeError from None
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError
-    return float(value)
-
-
 def _typed(key: str, value: Any) -> Any:
     """Return `value` converted to the annotated type of `key`, or raise a ValueError."""
     try:
-        return _convert(value, _HINTS[key])
+        return convert(value, _HINTS[key])
     except TypeError:
         hint = _HINTS[key]
         expected = str(hint) if get_args(hint) else hint.__name__
@@ -400,13 +370,4 @@ def load_config(
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write `cfg` as YAML atomically (temporary file in the same folder, then rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(config_to_dict(cfg), handle, sort_keys=False)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

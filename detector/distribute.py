@@ -5,7 +5,9 @@ TensorFlow's strategies are the engine: ``MirroredStrategy`` for the devices of 
 by the ``TF_CONFIG`` environment variable). This module picks one (`make_cluster`),
 describes the process's place in it (`Cluster`), and gives the collective operations the
 training loop needs so that every worker takes the same decisions: stop now or not
-(`Cluster.all_max`), the same learning rate at the same step.
+(`Cluster.all_max`), the same learning rate at the same step; and the two callbacks that
+keep the workers together: `ChiefOnly` (the chief's own callbacks, whose errors must not
+strand the others) and `SyncStop` (every worker stops when one does).
 
 Keras 3 (3.15) cannot run ``fit`` under ``MultiWorkerMirroredStrategy`` as released
 (keras-team/keras#20585): it reduces the per-replica first batch with a cross-worker
@@ -19,6 +21,8 @@ import json
 import os
 import shutil
 import tempfile
+
+import keras
 
 KINDS = ("auto", "none", "mirrored", "multi_worker")
 
@@ -46,12 +50,15 @@ def tf_config_workers(environ=None) -> tuple[int, int]:
             f'"task": {{"type": "worker", "index": 0}}}} (missing or bad: {error})'
         ) from None
     if kind != "worker" or set(config["cluster"]) != {"worker"}:
-        raise ValueError("TF_CONFIG: train.py runs as workers only (cluster.worker, "
-                         f"task.type 'worker'; worker 0 is the chief), got task.type {kind!r} "
-                         f"and cluster jobs {sorted(config['cluster'])}")  # fmt: skip
+        raise ValueError(
+            "TF_CONFIG: train.py runs as workers only (cluster.worker, "
+            f"task.type 'worker'; worker 0 is the chief), got task.type {kind!r} "
+            f"and cluster jobs {sorted(config['cluster'])}"
+        )
     if not 0 <= index < len(workers):
-        raise ValueError(f"TF_CONFIG task.index {index} is not in the cluster of "
-                         f"{len(workers)} workers")  # fmt: skip
+        raise ValueError(
+            f"TF_CONFIG task.index {index} is not in the cluster of {len(workers)} workers"
+        )
     return len(workers), index
 
 
@@ -166,13 +173,17 @@ def make_cluster(kind: str = "auto", devices=()) -> Cluster:
     kind = resolve_kind(kind, len(tf.config.list_physical_devices("GPU")), num_workers)
     if kind == "none":
         if num_workers > 1:
-            raise ValueError("TF_CONFIG names several workers but train.distribute is "
-                             "'none': use auto or multi_worker")  # fmt: skip
+            raise ValueError(
+                "TF_CONFIG names several workers but train.distribute is "
+                "'none': use auto or multi_worker"
+            )
         return Cluster("none", tf.distribute.get_strategy())
     if kind == "mirrored":
         if num_workers > 1:
-            raise ValueError("train.distribute: mirrored is for the devices of one host; "
-                             "TF_CONFIG names several workers (use multi_worker)")  # fmt: skip
+            raise ValueError(
+                "train.distribute: mirrored is for the devices of one host; "
+                "TF_CONFIG names several workers (use multi_worker)"
+            )
         strategy = tf.distribute.MirroredStrategy(list(devices) or None)
         return Cluster("mirrored", strategy, strategy.num_replicas_in_sync)
     patch_keras_for_multi_worker()
@@ -233,3 +244,70 @@ def patch_keras_for_multi_worker() -> None:
     trainer.reduce_per_replica = reduce_per_replica
     trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
     trainer._detector_patched = True
+
+
+class ChiefOnly(keras.callbacks.Callback):
+    """Multi-worker: the callbacks only the chief runs (evaluation, checkpoints, CSV).
+
+    An exception in one of them must not leave the other workers waiting forever in the
+    next all-reduce, so it is kept (`error`), the wrapped callbacks stop running, and
+    training goes on to the epoch end, where `SyncStop` stops every worker; the caller
+    then raises `error` on the chief.
+    """
+
+    def __init__(self, callbacks):
+        super().__init__()
+        self.callbacks = list(callbacks)
+        self.error: Exception | None = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        for callback in self.callbacks:
+            callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        for callback in self.callbacks:
+            callback.set_params(params)
+
+    def _each(self, hook: str, *args) -> None:
+        if self.error is not None:
+            return
+        for callback in self.callbacks:
+            try:
+                getattr(callback, hook)(*args)
+            except Exception as error:  # noqa: BLE001 (kept, raised after fit)
+                self.error = error
+                return
+
+    def on_train_begin(self, logs=None):
+        self._each("on_train_begin", logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._each("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._each("on_epoch_end", epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._each("on_train_end", logs)
+
+
+class SyncStop(keras.callbacks.Callback):
+    """Multi-worker: at each epoch end, training stops on every worker if it stops on any
+    (e.g. the chief's ``train.patience``), since a worker left alone would wait forever in
+    the next step's all-reduce; and every worker aborts (`aborted`) if `failed()` is true
+    on any (an error kept by `ChiefOnly`). Place it after the callbacks that may stop
+    training."""
+
+    def __init__(self, all_max, failed=lambda: False):
+        super().__init__()
+        self.all_max = all_max
+        self.failed = failed
+        self.aborted = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        code = 2.0 if self.failed() else 1.0 if self.model.stop_training else 0.0
+        code = self.all_max(code)
+        self.aborted = code >= 2
+        self.model.stop_training = code >= 1

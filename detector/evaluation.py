@@ -1,27 +1,22 @@
-"""COCO evaluation: detections in original image pixels -> results JSON -> pycocotools.
+"""COCO scoring: detections in original image pixels (`detector.predict`) -> pycocotools.
 
 The one evaluation path: the ``BestCocoAP`` callback and ``evaluate.py`` both call
-``evaluate_model``, so the AP printed during training is the AP of the checkpoint.
+``evaluate_model``, so the AP printed during training is the AP of the checkpoint. The
+ground truth is `detector.data.coco.ground_truth`.
 """
 
 import contextlib
 import io
 import json
-import os
 
 import numpy as np
-import tensorflow as tf
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector.boxes import xyxy_to_xywh
-from detector.data.augment import to_image_pixels
-from detector.data.pipeline import make_eval_dataset
+from detector.data.coco import ground_truth
 from detector.data.records import Dataset
-from detector.data.tfrecord import PackedRecords
 from detector.io import atomic_write_text
-from detector.model import head_metadata
-from detector.postprocess import decode, nms
+from detector.predict import iter_results
 from detector.streaming_eval import StreamingCocoEval
 
 STAT_NAMES = (
@@ -112,115 +107,12 @@ def pr_curves(evaluator: COCOeval) -> dict:
     per_t = mean(precision, valid)  # (T, R)
     t50 = int(np.argmin(np.abs(thresholds - 0.5)))
     t75 = int(np.argmin(np.abs(thresholds - 0.75)))
-    return {"recall": np.asarray(evaluator.params.recThrs), "IoU=0.50": per_t[t50],
-            "IoU=0.75": per_t[t75], "IoU=0.50:0.95": per_t.mean(0)}  # fmt: skip
-
-
-def make_predict_fn(model, score_threshold=0.005, nms_iou=0.45, max_detections=100):
-    """A compiled function: images (B, H, W, 3) -> NMS outputs (see ``postprocess.nms``)."""
-    anchors = tf.constant(head_metadata(model).anchors, tf.float32)
-
-    @tf.function(reduce_retracing=True)
-    def predict(images):
-        boxes, scores = decode(model(images, training=False), anchors)
-        return nms(boxes, scores, score_threshold, nms_iou, max_detections)
-
-    return predict
-
-
-def iter_results(
-    model,
-    dataset: Dataset,
-    input_size: int,
-    batch_size: int = 16,
-    score_threshold: float = 0.005,
-    nms_iou: float = 0.45,
-    max_detections: int = 100,
-    predict_fn=None,
-):
-    """Yields (COCO results, image ids) batch by batch, in record order.
-
-    Images are fed plainly resized or letterboxed as the model was trained (its head's
-    ``letterbox``), and boxes mapped back by the inverse, to original pixels."""
-    predict = predict_fn or make_predict_fn(model, score_threshold, nms_iou, max_detections)
-    letterbox = head_metadata(model).letterbox
-    category_ids = np.asarray(dataset.category_ids)
-    for images, indices in make_eval_dataset(dataset.records, input_size, batch_size, letterbox):
-        boxes, scores, classes, valid = (t.numpy() for t in predict(images))
-        results, image_ids = [], []
-        for i, index in enumerate(indices.numpy()):
-            record = dataset.records[index]
-            image_ids.append(int(record.image_id))
-            n = valid[i]
-            unit = np.clip(boxes[i, :n], 0.0, 1.0)
-            pixels = to_image_pixels(
-                unit * input_size, record.height, record.width, input_size, letterbox
-            )
-            xywh = np.round(xyxy_to_xywh(pixels), 3).tolist()
-            cats = category_ids[classes[i, :n]].tolist()
-            rounded = np.round(scores[i, :n].astype(np.float64), 5).tolist()
-            results += [
-                {"image_id": image_ids[-1], "category_id": c, "bbox": b, "score": s}
-                for b, c, s in zip(xywh, cats, rounded, strict=True)
-            ]
-        yield results, image_ids
-
-
-def ground_truth(dataset: Dataset) -> COCO:
-    """The COCO ground truth of exactly the images and boxes of `dataset`.
-
-    COCO data: its own json (areas, crowd flags and ids as published), restricted to the
-    records the readers kept and the annotations they accepted. Other formats: built from
-    the records (area = box area, ignore regions as ``iscrowd=1``), with the dataset's
-    image and category ids.
-    """
-    if dataset.annotation_file is not None:
-        with open(dataset.annotation_file, encoding="utf-8") as f:
-            data = json.load(f)
-        if isinstance(dataset.records, PackedRecords):  # its json holds just the kept ones
-            kept = {im["id"] for im in data["images"]}
-        else:
-            kept = {r.image_id for r in dataset.records}
-        annotations = data.get("annotations") or []
-        if dataset.coco_keep is not None:
-            annotations = [annotations[i] for i in dataset.coco_keep]
-        data["images"] = [
-            im for im in data["images"] if isinstance(im, dict) and im.get("id") in kept
-        ]
-        data["annotations"] = [a for a in annotations if a["image_id"] in kept]
-    else:
-        data = records_to_coco(dataset)
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def records_to_coco(dataset: Dataset) -> dict:
-    """A COCO ``instances`` dict of the records: boxes and ignore regions in pixels."""
-    images, annotations = [], []
-    for record in dataset.records:
-        images.append({"id": int(record.image_id), "width": int(record.width),
-                       "height": int(record.height),
-                       "file_name": os.path.basename(record.path)})  # fmt: skip
-        for boxes, classes, crowd in (
-            (record.boxes, record.classes, 0),
-            (record.ignore, np.zeros(len(record.ignore), np.int64), 1),
-        ):
-            for box, cls in zip(np.asarray(boxes, np.float64), classes, strict=True):
-                x1, y1, x2, y2 = (float(v) for v in box)
-                annotations.append({
-                    "id": len(annotations) + 1,
-                    "image_id": int(record.image_id),
-                    "category_id": int(dataset.category_ids[int(cls)]),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": crowd,
-                })  # fmt: skip
-    categories = [{"id": int(i), "name": n} for i, n in zip(dataset.category_ids, dataset.names,
-                                                            strict=True)]  # fmt: skip
-    return {"images": images, "annotations": annotations, "categories": categories}
+    return {
+        "recall": np.asarray(evaluator.params.recThrs),
+        "IoU=0.50": per_t[t50],
+        "IoU=0.75": per_t[t75],
+        "IoU=0.50:0.95": per_t.mean(0),
+    }
 
 
 def evaluate_model(
@@ -232,11 +124,13 @@ def evaluate_model(
     chunk_images: int = 64,
     **predict_kwargs,
 ) -> tuple[dict, list[dict]]:
-    """Predicts the dataset and scores it with COCOeval. Returns (metrics, results).
+    """Predicts the dataset (`detector.predict.iter_results`, which `predict_kwargs` go
+    to) and scores it with COCOeval. Returns (metrics, results).
 
-    The per-image matching of every `chunk_images` images runs in a worker thread while
-    the model predicts the next ones (`detector.streaming_eval`); the numbers are those of
-    one COCOeval over all results."""
+    `coco_gt`: the ground truth, when the caller has it already (default: built from
+    `dataset`). The per-image matching of every `chunk_images` images runs in a worker
+    thread while the model predicts the next ones (`detector.streaming_eval`); the numbers
+    are those of one COCOeval over all results."""
     coco_gt = coco_gt or ground_truth(dataset)
     stream = StreamingCocoEval(coco_gt)
     all_results, pending, pending_ids = [], [], []

@@ -2,11 +2,13 @@
 
 Units: raw predictions are darknet's ``tx, ty, tw, th, to`` + class logits per anchor;
 ``y_true`` and ``true_boxes`` hold boxes as ``cx, cy, w, h`` normalised to the image
-(0..1); anchors are in grid cells.
+(0..1); anchors are in grid cells. The box codec is ``detector.grid``.
 """
 
 import keras
 from keras import ops
+
+from detector.grid import cell_grid, decode_raw, encode_raw
 
 TERMS = ("coord", "obj", "noobj", "cls", "prior")
 
@@ -34,15 +36,6 @@ def pairwise_iou_cxcywh(a, b):
     Both cxcywh in one unit. Returns (B, S, S, A, M).
     """
     return elementwise_iou_cxcywh(a[:, :, :, :, None, :], b[:, None, None, None, :, :])
-
-
-def grid_offsets(grid_h, grid_w):
-    """Cell column and row indices shaped (1, S_h, S_w, 1) each, float32."""
-    cols = ops.cast(ops.arange(grid_w), "float32")
-    rows = ops.cast(ops.arange(grid_h), "float32")
-    col_grid = ops.broadcast_to(cols[None, :], (grid_h, grid_w))
-    row_grid = ops.broadcast_to(rows[:, None], (grid_h, grid_w))
-    return col_grid[None, :, :, None], row_grid[None, :, :, None]
 
 
 @keras.saving.register_keras_serializable(package="detector")
@@ -126,27 +119,21 @@ class YoloLoss(keras.layers.Layer):
 
     def loss_terms(self, raw, y_true, true_boxes):
         """The named loss terms, each (B,): see ``TERMS``."""
-        shape = ops.shape(raw)
-        grid_h, grid_w = shape[1], shape[2]
-        size = ops.cast(ops.stack([grid_w, grid_h]), "float32")
-        col, row = grid_offsets(grid_h, grid_w)
+        cell, size = cell_grid(raw)
         anchors = ops.convert_to_tensor(self.anchors, dtype="float32")
-
         xy_cell = ops.sigmoid(raw[..., 0:2])
         twh = raw[..., 2:4]
-        cell = ops.concatenate([col[..., None], row[..., None]], axis=-1)
-        pred_xy = (xy_cell + cell) / size
-        pred_wh = ops.exp(ops.clip(twh, -10.0, 10.0)) * anchors / size
-        pred_boxes = ops.stop_gradient(ops.concatenate([pred_xy, pred_wh], axis=-1))
+        pred_boxes = ops.stop_gradient(decode_raw(raw, anchors))
 
         has_obj = y_true[..., 4]
         truth = y_true[..., 0:4]
         best_iou = ops.max(pairwise_iou_cxcywh(pred_boxes, true_boxes), axis=-1)
         no_obj = (1.0 - has_obj) * ops.cast(best_iou <= self.ignore_thresh, "float32")
 
+        # As darknet: sigmoid(tx) (not tx) regresses onto the in-cell offset, tw onto
+        # log(w / anchor). Empty slots encode to finite targets, zeroed by has_obj.
         target_xy = truth[..., 0:2] * size - cell
-        safe_wh = ops.where(has_obj[..., None] > 0, truth[..., 2:4], anchors / size)
-        target_twh = ops.log(ops.maximum(safe_wh * size / anchors, 1e-9))
+        target_twh = encode_raw(truth, anchors)[..., 2:4]
         box_scale = self.coord_scale * (2.0 - truth[..., 2] * truth[..., 3])
         coord_err = ops.sum(ops.square(xy_cell - target_xy), -1) + ops.sum(
             ops.square(twh - target_twh), -1

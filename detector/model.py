@@ -6,24 +6,57 @@ the last convolution (the prediction, linear, with bias) is ``conv_N``.
 """
 
 import keras
+import numpy as np
 
 from detector.layers import SpaceToDepth, YoloHead
 from detector.loss import YoloLoss
 
 # Darknet-19 as in darknet's yolov2.cfg: (filters, kernel) per conv, "M" = 2x2 max-pool.
 DARKNET19_BODY = [
-    (32, 3), "M", (64, 3), "M",
-    (128, 3), (64, 1), (128, 3), "M",
-    (256, 3), (128, 1), (256, 3), "M",
-    (512, 3), (256, 1), (512, 3), (256, 1), (512, 3), "P", "M",
-    (1024, 3), (512, 1), (1024, 3), (512, 1), (1024, 3),
-    (1024, 3), (1024, 3),
-]  # fmt: skip
+    (32, 3),
+    "M",
+    (64, 3),
+    "M",
+    (128, 3),
+    (64, 1),
+    (128, 3),
+    "M",
+    (256, 3),
+    (128, 1),
+    (256, 3),
+    "M",
+    (512, 3),
+    (256, 1),
+    (512, 3),
+    (256, 1),
+    (512, 3),
+    "P",
+    "M",
+    (1024, 3),
+    (512, 1),
+    (1024, 3),
+    (512, 1),
+    (1024, 3),
+    (1024, 3),
+    (1024, 3),
+]
 # yolov2-tiny.cfg; "m" is the size-2 stride-1 max-pool that keeps the 13x13 grid.
 TINY_BODY = [
-    (16, 3), "M", (32, 3), "M", (64, 3), "M", (128, 3), "M", (256, 3), "M",
-    (512, 3), "m", (1024, 3), (512, 3),
-]  # fmt: skip
+    (16, 3),
+    "M",
+    (32, 3),
+    "M",
+    (64, 3),
+    "M",
+    (128, 3),
+    "M",
+    (256, 3),
+    "M",
+    (512, 3),
+    "m",
+    (1024, 3),
+    (512, 3),
+]
 VARIANTS = {"darknet19": DARKNET19_BODY, "tiny": TINY_BODY}
 PASSTHROUGH_FILTERS = 64
 
@@ -113,14 +146,36 @@ def head_metadata(model: keras.Model) -> YoloHead:
     return model.get_layer("yolo_head")
 
 
+def check_loss_matches_head(head: YoloHead, loss_layer: YoloLoss) -> None:
+    """Raises ``ValueError`` if the loss's anchors or class count differ from the head's.
+
+    Anchors are compared to float32 precision, the precision both layers compute in.
+    """
+    head_anchors = np.asarray(head.anchors, np.float64)
+    loss_anchors = np.asarray(loss_layer.anchors, np.float64)
+    same_shape = head_anchors.shape == loss_anchors.shape
+    if not (same_shape and np.allclose(loss_anchors, head_anchors, rtol=1e-6, atol=0.0)):
+        raise ValueError(
+            f"build_training_model: loss anchors {loss_layer.anchors} differ from the "
+            f"model head's anchors {head.anchors}"
+        )
+    if loss_layer.num_classes != len(head.class_names):
+        raise ValueError(
+            f"build_training_model: loss num_classes {loss_layer.num_classes} differs "
+            f"from the model head's {len(head.class_names)} classes"
+        )
+
+
 def build_training_model(
     inference_model: keras.Model, loss_layer: YoloLoss, max_boxes: int
 ) -> keras.Model:
     """Wraps the inference model with the loss: ``[images, y_true, true_boxes]`` -> (B,) loss.
 
     Args:
-        inference_model: keras.Model. From ``build_inference_model``.
-        loss_layer: YoloLoss. Configured with the same anchors and classes.
+        inference_model: keras.Model. From ``build_inference_model``; its ``YoloHead``
+            is the source of truth for anchors and classes.
+        loss_layer: YoloLoss. Must have the head's anchors and class count, else
+            ``ValueError``.
         max_boxes: int. Rows M of ``true_boxes``.
 
     Returns:
@@ -129,6 +184,7 @@ def build_training_model(
         with ``loss=identity_loss`` and give ``fit`` any dummy target.
     """
     head = head_metadata(inference_model)
+    check_loss_matches_head(head, loss_layer)
     images = keras.Input(shape=(None, None, 3), name="images")
     y_true = keras.Input(shape=(None, None, len(head.anchors), 6), name="y_true")
     true_boxes = keras.Input(shape=(max_boxes, 4), name="true_boxes")

@@ -3,13 +3,10 @@
 import csv
 import math
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from detector.io import atomic_save  # noqa: E402
+from detector.io import atomic_save
 
 TERM_COLUMNS = ("loss", "coord", "obj", "noobj", "cls")
 AP_COLUMNS = ("AP", "AP50", "AP75")
@@ -28,9 +25,9 @@ def _read(path: str) -> dict[str, list[float]]:
     return columns
 
 
-def _save(fig, path: str) -> None:
+def _save(fig: Figure, path: str) -> None:
+    # A bare Figure (no pyplot) renders PNG with Agg whatever the process's backend is.
     atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
-    plt.close(fig)
 
 
 def plot_curves(csv_path: str, png_path: str) -> None:
@@ -39,7 +36,8 @@ def plot_curves(csv_path: str, png_path: str) -> None:
     if not data.get("epoch"):
         return
     epoch = np.asarray(data["epoch"])
-    fig, (ax_loss, ax_ap, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    ax_loss, ax_ap, ax_lr = fig.subplots(1, 3)
     for name in TERM_COLUMNS:
         if name in data:
             ax_loss.plot(epoch, data[name], label=name, marker="." if len(epoch) < 30 else None)
@@ -66,7 +64,8 @@ def plot_curves(csv_path: str, png_path: str) -> None:
 
 def plot_pr(curves: dict, png_path: str, title: str) -> None:
     """Class-averaged precision-recall curves (from ``evaluation.pr_curves``)."""
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
     for name in ("IoU=0.50", "IoU=0.75", "IoU=0.50:0.95"):
         ax.plot(curves["recall"], curves[name], label=f"{name} (AP {np.mean(curves[name]):.3f})")
     ax.set_xlabel("recall")

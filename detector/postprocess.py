@@ -3,7 +3,7 @@
 import tensorflow as tf
 from keras import ops
 
-from detector.loss import grid_offsets
+from detector.grid import decode_raw
 
 
 def decode(raw, anchors):
@@ -19,12 +19,8 @@ def decode(raw, anchors):
     """
     raw = ops.cast(raw, "float32")
     shape = ops.shape(raw)
-    grid_h, grid_w = shape[1], shape[2]
-    size = ops.cast(ops.stack([grid_w, grid_h]), "float32")
-    col, row = grid_offsets(grid_h, grid_w)
-    cell = ops.concatenate([col[..., None], row[..., None]], axis=-1)
-    xy = (ops.sigmoid(raw[..., 0:2]) + cell) / size
-    wh = ops.exp(ops.clip(raw[..., 2:4], -10.0, 10.0)) * ops.cast(anchors, "float32") / size
+    cxcywh = decode_raw(raw, anchors)
+    xy, wh = cxcywh[..., 0:2], cxcywh[..., 2:4]
     boxes = ops.concatenate([xy - wh / 2, xy + wh / 2], axis=-1)
     scores = ops.sigmoid(raw[..., 4:5]) * ops.softmax(raw[..., 5:], axis=-1)
     batch = shape[0]

@@ -114,9 +114,11 @@ class RunState(keras.callbacks.BackupAndRestore):
     ):
         write_dir = write_dir or run_dir
         super().__init__(
-            os.path.join(write_dir, STATE_DIR), save_freq="epoch", double_checkpoint=True,
+            os.path.join(write_dir, STATE_DIR),
+            save_freq="epoch",
+            double_checkpoint=True,
             delete_checkpoint=False,
-        )  # fmt: skip
+        )
         self.run_dir = run_dir
         self.owner = os.path.abspath(write_dir) == os.path.abspath(run_dir)
         self.extras = extras or (lambda: {})
@@ -141,8 +143,10 @@ class RunState(keras.callbacks.BackupAndRestore):
         weights = self._weights_path
         metadata = self._training_metadata_path
         if _pair_is_valid(weights, metadata) is not None:  # keep the previous complete pair
-            for src, dst in ((weights, self._prev_weights_path),
-                             (metadata, self._prev_training_metadata_path)):  # fmt: skip
+            for src, dst in (
+                (weights, self._prev_weights_path),
+                (metadata, self._prev_training_metadata_path),
+            ):
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(src, tmp)
         with atomic_path(weights, suffix=".weights.h5") as tmp:

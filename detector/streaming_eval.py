@@ -24,8 +24,11 @@ def _detections(coco_gt: COCO, results: list[dict]) -> COCO:
     if results:
         return coco_gt.loadRes(results)
     empty = COCO()
-    empty.dataset = {"images": coco_gt.dataset["images"],
-                     "categories": coco_gt.dataset["categories"], "annotations": []}  # fmt: skip
+    empty.dataset = {
+        "images": coco_gt.dataset["images"],
+        "categories": coco_gt.dataset["categories"],
+        "annotations": [],
+    }
     empty.createIndex()
     return empty
 

@@ -7,8 +7,7 @@ Boxes come in as xyxy pixels of the network input; the encoded targets hold
 import numpy as np
 
 from detector.boxes import cxcywh_to_xyxy, shape_iou, xyxy_to_cxcywh
-
-STRIDE = 32
+from detector.grid import STRIDE
 
 
 def encode_targets(

@@ -14,6 +14,16 @@ from detector.data.records import Dataset, Record
 
 NAMES = ["red", "green", "blue"]
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+# build_augmenter's arguments as the default config gives them (tests override some)
+AUGMENT = {
+    "hflip": 0.5,
+    "scale": (0.75, 1.25),
+    "translate": 0.2,
+    "hue": 0.1,
+    "saturation": 1.5,
+    "exposure": 1.5,
+    "min_visibility": 0.3,
+}
 
 
 def make_records(folder: str, count: int = 6, seed: int = 0) -> list[Record]:
@@ -40,11 +50,17 @@ def make_records(folder: str, count: int = 6, seed: int = 0) -> list[Record]:
         path = os.path.join(folder, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         cv2.imwrite(path, image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        records.append(Record(
-            image_id=i + 1, path=path, height=height, width=width,
-            boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-            classes=np.asarray(classes, np.int32), ignore=ignore,
-        ))  # fmt: skip
+        records.append(
+            Record(
+                image_id=i + 1,
+                path=path,
+                height=height,
+                width=width,
+                boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                classes=np.asarray(classes, np.int32),
+                ignore=ignore,
+            )
+        )
     return records
 
 
@@ -117,15 +133,21 @@ def damage_annotations(fmt: str, root: str) -> None:
             )
             return f"<object><name>{name}</name><bndbox>{coords}</bndbox></object>"
 
-        extra = (obj("red", [6, 6, 5, 16]) + obj("green", [w - 9, 6, w + 20, 25])
-                 + obj("red", [w + 6, 6, w + 15, 15]) + obj("purple", [6, 6, 15, 15])
-                 + "<object><name>red</name></object>")  # fmt: skip
+        extra = (
+            obj("red", [6, 6, 5, 16])
+            + obj("green", [w - 9, 6, w + 20, 25])
+            + obj("red", [w + 6, 6, w + 15, 15])
+            + obj("purple", [6, 6, 15, 15])
+            + "<object><name>red</name></object>"
+        )
         open(path, "w").write(text.replace("</annotation>", extra + "</annotation>"))
     else:
         path = os.path.join(root, "labels", "img0.txt")
         with open(path, "a") as f:
-            f.write("0 0.2 0.2 0 0.1\n1 0.98 0.2 0.2 0.2\n0 1.5 0.2 0.1 0.1\n7 0.2 0.2 0.1 0.1\n"
-                    "1 0.5 abc 0.1 0.1\n")  # fmt: skip
+            f.write(
+                "0 0.2 0.2 0 0.1\n1 0.98 0.2 0.2 0.2\n0 1.5 0.2 0.1 0.1\n7 0.2 0.2 0.1 0.1\n"
+                "1 0.5 abc 0.1 0.1\n"
+            )
 
 
 def damage_images(root: str) -> None:
@@ -157,3 +179,12 @@ def synthetic_spec(root: Path, seed: int, train: int, val: int, size: int) -> Pa
         "val: {images: images/val, annotations: annotations/val.json}\n"
     )
     return spec
+
+
+def set_flags(*overrides: str) -> list[str]:
+    """``--set`` command-line flags for ``key=value`` overrides."""
+    return [flag for override in overrides for flag in ("--set", override)]
+
+
+# A model small enough to train an epoch in seconds (the tests' runs).
+TINY_MODEL = ("model.variant=tiny", "model.width=0.125", "model.input_size=64")

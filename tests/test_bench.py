@@ -26,11 +26,20 @@ def test_full_yolov2_flops_match_darknet():
 
 def test_ratios_from_given_timings():
     timings = {
-        "pipeline_ips": 200.0, "step_ips": 50.0, "fit_ips": 48.0, "matmul_gflops": 100.0,
-        "train_flops_per_image": 3e9, "full_step_ips": 1.0, "full_train_flops_per_image": 90e9,
-        "step_seconds_yolo": 0.4, "step_seconds_mse": 0.36, "forward_ips": 150.0,
-        "eval_ips": 120.0, "eval_seconds_per_epoch": 3.0, "epoch_seconds": 30.0,
-    }  # fmt: skip
+        "pipeline_ips": 200.0,
+        "step_ips": 50.0,
+        "fit_ips": 48.0,
+        "matmul_gflops": 100.0,
+        "train_flops_per_image": 3e9,
+        "full_step_ips": 1.0,
+        "full_train_flops_per_image": 90e9,
+        "step_seconds_yolo": 0.4,
+        "step_seconds_mse": 0.36,
+        "forward_ips": 150.0,
+        "eval_ips": 120.0,
+        "eval_seconds_per_epoch": 3.0,
+        "epoch_seconds": 30.0,
+    }
     r = ratios(timings)
     assert r["step_gflops"] == pytest.approx(150.0)
     assert r["step_vs_matmul"] == pytest.approx(1.5)

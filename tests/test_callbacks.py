@@ -5,20 +5,25 @@ import keras
 import numpy as np
 import pytest
 
-from detector.callbacks import BestCocoAP, LearningRateSchedule
+from detector.checkpoints import BestCocoAP, EvalCopy
+from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
-from detector.evaluation import ground_truth
 from detector.model import build_inference_model
+from detector.schedule import LearningRateCallback
 
 
 def make_callback(tiny_spec, run_dir, aps):
     val = load_dataset(str(tiny_spec), "val")
     model = build_inference_model(len(val.names), [[1, 1], [2, 2]], "tiny", 0.25, 64, val.names)
-    callback = BestCocoAP(model, val, ground_truth(val), str(run_dir), lambda epoch: True)
+    callback = BestCocoAP(EvalCopy(model), val, ground_truth(val), str(run_dir), lambda epoch: True)
     scripted = iter(aps)
-    callback.evaluate = lambda curves=None: {"AP": next(scripted), "per_class": {}, **dict.fromkeys(
-        ("AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"), 0.0
-    )}  # fmt: skip
+    callback.evaluate = lambda curves=None: {
+        "AP": next(scripted),
+        "per_class": {},
+        **dict.fromkeys(
+            ("AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"), 0.0
+        ),
+    }
     callback.set_model(model)
     callback.set_params({"epochs": len(aps)})
     callback.on_train_begin()
@@ -49,7 +54,7 @@ def test_failed_save_leaves_previous_checkpoint_and_no_temp_file(tiny_spec, tmp_
             f.write(b"half a zip")
         raise OSError("disk full")
 
-    callback.eval_model.save = broken_save
+    callback.eval_copy.model.save = broken_save
     with pytest.raises(OSError, match="disk full"):
         callback.on_epoch_end(1, {})
     assert (tmp_path / "best.keras").read_bytes() == before
@@ -59,21 +64,24 @@ def test_failed_save_leaves_previous_checkpoint_and_no_temp_file(tiny_spec, tmp_
 def test_evaluation_model_gets_the_training_weights(tiny_spec, tmp_path):
     val = load_dataset(str(tiny_spec), "val")
     model = build_inference_model(len(val.names), [[1, 1]], "tiny", 0.25, 64, val.names)
-    callback = BestCocoAP(model, val, ground_truth(val), str(tmp_path), lambda epoch: True)
+    callback = BestCocoAP(
+        EvalCopy(model), val, ground_truth(val), str(tmp_path), lambda epoch: True
+    )
     callback.set_model(model)
     callback.set_params({"epochs": 1})
     callback.on_train_begin()
-    assert callback.eval_model is not model
+    assert callback.eval_copy.model is not model
     model.get_layer("conv_1").kernel.assign(np.ones_like(model.get_layer("conv_1").kernel))
     logs = {}
     callback.on_epoch_end(0, logs)
-    np.testing.assert_array_equal(callback.eval_model.get_layer("conv_1").kernel, 1.0)
+    np.testing.assert_array_equal(callback.eval_copy.model.get_layer("conv_1").kernel, 1.0)
     assert 0.0 <= logs["AP"] <= 1.0 and (tmp_path / "best.keras").exists()
 
 
 def test_learning_rate_burn_in_then_cosine():
-    schedule = LearningRateSchedule(1.0, total_steps=110, warmup_steps=10, final_fraction=0.0,
-                                     power=2)  # fmt: skip
+    schedule = LearningRateCallback(
+        base_lr=1.0, total_steps=110, warmup_steps=10, final_fraction=0.0, power=2
+    )
     assert schedule.lr_at(0) == pytest.approx((1 / 10) ** 2)
     assert schedule.lr_at(9) == pytest.approx(1.0)
     assert schedule.lr_at(60) == pytest.approx(0.5)
@@ -83,14 +91,22 @@ def test_learning_rate_burn_in_then_cosine():
 
 
 def test_darknet_burn_in_and_step_decay():
-    schedule = LearningRateSchedule(0.001, total_steps=1000, warmup_steps=100, schedule="steps",
-                                    decay_steps=[400, 700], factor=0.1)  # fmt: skip
+    schedule = LearningRateCallback(
+        base_lr=0.001,
+        total_steps=1000,
+        warmup_steps=100,
+        schedule="steps",
+        decay_steps=[700, 400],
+        factor=0.1,
+    )
     assert schedule.lr_at(49) == pytest.approx(0.001 * 0.5**4)  # darknet: (step/burn_in)^4
     assert schedule.lr_at(99) == pytest.approx(0.001)
     assert schedule.lr_at(399) == pytest.approx(0.001)
     assert schedule.lr_at(400) == pytest.approx(0.0001)
     assert schedule.lr_at(700) == pytest.approx(0.00001)
-    constant = LearningRateSchedule(0.01, 1000, 0, schedule="constant")
+    constant = LearningRateCallback(
+        base_lr=0.01, total_steps=1000, warmup_steps=0, schedule="constant"
+    )
     assert constant.lr_at(999, time_fraction=0.9) == 0.01
 
 

@@ -13,16 +13,28 @@ from pathlib import Path
 import pytest
 
 from detector.distribute import resolve_kind, tf_config_workers
-from tests.data_helpers import synthetic_spec
+from tests.data_helpers import TINY_MODEL, set_flags, synthetic_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--set", "model.variant=tiny", "--set", "model.width=0.125", "--set", "model.input_size=64",
-    "--set", "model.num_anchors=3", "--set", "data.batch_size=8", "--set", "train.max_minutes=0",
-    "--set", "train.precision=float32", "--set", "eval.batch_size=8",
-]  # fmt: skip
-RUN_FILES = {"config.yaml", "best.keras", "best.json", "last.keras", "metrics.csv", "state",
-             "tensorboard", "curves.png", "pr_curve.png"}  # fmt: skip
+SMALL = set_flags(
+    *TINY_MODEL,
+    "model.num_anchors=3",
+    "data.batch_size=8",
+    "train.max_minutes=0",
+    "train.precision=float32",
+    "eval.batch_size=8",
+)
+RUN_FILES = {
+    "config.yaml",
+    "best.keras",
+    "best.json",
+    "last.keras",
+    "metrics.csv",
+    "state",
+    "tensorboard",
+    "curves.png",
+    "pr_curve.png",
+}
 
 
 def test_tf_config_parsing_and_errors():
@@ -50,7 +62,7 @@ def test_auto_picks_the_strategy_darknet_users_expect():
 
 
 def test_time_budget_acts_only_on_the_agreed_fraction():
-    from detector.callbacks import TimeBudget
+    from detector.schedule import TimeBudget
 
     class Model:
         stop_training = False
@@ -75,7 +87,7 @@ def test_time_budget_acts_only_on_the_agreed_fraction():
 def test_a_failing_chief_callback_stops_every_worker_at_the_epoch_end():
     import keras
 
-    from detector.callbacks import ChiefOnly, SyncStop
+    from detector.distribute import ChiefOnly, SyncStop
 
     class Boom(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -118,8 +130,14 @@ def one_step_spec(tmp_path_factory) -> Path:
 
 
 def _train(*args, env=None, timeout=600):
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -132,12 +150,27 @@ def _rows(run_dir: Path) -> list[dict]:
 def test_mirrored_on_two_cpu_devices_matches_one_device(one_step_spec, tmp_path):
     """Same global batch of 8 on one device and as 2 x 4 on two logical CPU devices with
     synchronised BatchNorm: the same first-step loss; the run directory written once."""
-    common = ["--data", str(one_step_spec), "--epochs", "2", *SMALL,
-              "--set", "train.sync_batchnorm=true"]  # fmt: skip
+    common = [
+        "--data",
+        str(one_step_spec),
+        "--epochs",
+        "2",
+        *SMALL,
+        "--set",
+        "train.sync_batchnorm=true",
+    ]
     _train(*common, "--run-dir", str(tmp_path / "one"), "--set", "train.distribute=none")
-    out = _train(*common, "--run-dir", str(tmp_path / "two"),
-                 "--set", "train.distribute=mirrored", "--set", "train.scale_lr=true",
-                 "--set", "train.devices=[/cpu:0,/cpu:1]")  # fmt: skip
+    out = _train(
+        *common,
+        "--run-dir",
+        str(tmp_path / "two"),
+        "--set",
+        "train.distribute=mirrored",
+        "--set",
+        "train.scale_lr=true",
+        "--set",
+        "train.devices=[/cpu:0,/cpu:1]",
+    )
     # (the first-step loss comes before any update, so the scaled lr does not change it)
     assert "distribute: mirrored, 2 replicas" in out and "global batch 8 = 2 x 4" in out
     assert "; lr 0.008" in out  # default.yaml's 0.004 x 2 replicas
@@ -165,13 +198,22 @@ def _workers(args: list[str], log_dir: Path, tag: str) -> list[subprocess.Popen]
     ports = _free_ports(2)
     procs = []
     for index in range(2):
-        tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
-                     "task": {"type": "worker", "index": index}}  # fmt: skip
+        tf_config = {
+            "cluster": {"worker": [f"localhost:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CI": "1"}
         log = open(log_dir / f"{tag}-worker{index}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "train.py", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     return procs
 
 
@@ -192,8 +234,17 @@ def test_two_workers_write_only_the_chief_run_dir_and_resume_after_a_kill(one_st
     with every epoch logged once."""
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
     logs.mkdir()
-    args = ["--data", str(one_step_spec), "--epochs", "4", "--run-dir", str(run_dir), *SMALL,
-            "--set", "train.distribute=multi_worker"]  # fmt: skip
+    args = [
+        "--data",
+        str(one_step_spec),
+        "--epochs",
+        "4",
+        "--run-dir",
+        str(run_dir),
+        *SMALL,
+        "--set",
+        "train.distribute=multi_worker",
+    ]
     first = _workers(args, logs, "first")
     deadline = time.monotonic() + 300
     while _state_epoch(run_dir) < 2 and time.monotonic() < deadline:
@@ -235,8 +286,17 @@ def test_an_error_on_one_worker_stops_the_other(one_step_spec, tmp_path):
     run_dir.mkdir()
     logs.mkdir()
     (run_dir / "precious.txt").write_text("an earlier run")
-    args = ["--data", str(one_step_spec), "--epochs", "1", "--run-dir", str(run_dir), *SMALL,
-            "--set", "train.distribute=multi_worker"]  # fmt: skip
+    args = [
+        "--data",
+        str(one_step_spec),
+        "--epochs",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        *SMALL,
+        "--set",
+        "train.distribute=multi_worker",
+    ]
     procs = _workers(args, logs, "bad")
     codes = [proc.wait(timeout=120) for proc in procs]
     assert codes[0] != 0 and codes[1] != 0

@@ -11,13 +11,15 @@ import pytest
 
 import detector.layers  # noqa: F401  (registers the custom layers for load_model)
 from detector.config import load_config
+from tests.data_helpers import TINY_MODEL, set_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, timeout=600):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     return proc
 
 
@@ -25,11 +27,22 @@ def run(*args, timeout=600):
 def trained_run(tiny_spec, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
     proc = run(
-        "train.py", "--data", str(tiny_spec), "--epochs", "2", "--run-dir", str(run_dir),
-        "--set", "model.variant=tiny", "--set", "model.width=0.25",
-        "--set", "model.input_size=64", "--set", "data.batch_size=8",
-        "--set", "train.max_minutes=0", "--set", "model.num_anchors=3",
-    )  # fmt: skip
+        "train.py",
+        "--data",
+        str(tiny_spec),
+        "--epochs",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        *set_flags(
+            "model.variant=tiny",
+            "model.width=0.25",
+            "model.input_size=64",
+            "data.batch_size=8",
+            "train.max_minutes=0",
+            "model.num_anchors=3",
+        ),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir, proc.stdout
 
@@ -83,17 +96,31 @@ def test_training_on_damaged_data_reports_every_problem_and_finishes(tmp_path):
     damage_images(str(tmp_path / "data"))
     run_dir = tmp_path / "run"
     proc = run(
-        "train.py", "--data", specs["yolo"], "--epochs", "1", "--run-dir", str(run_dir),
-        "--set", "model.variant=tiny", "--set", "model.width=0.125",
-        "--set", "model.input_size=64", "--set", "data.batch_size=2",
-        "--set", "model.num_anchors=2", "--set", "data.letterbox=true",
-        "--set", "data.multiscale=[64,96]", "--set", "data.multiscale_every=1",
-    )  # fmt: skip
+        "train.py",
+        "--data",
+        specs["yolo"],
+        "--epochs",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        *set_flags(*TINY_MODEL, "data.batch_size=2", "model.num_anchors=2"),
+        *set_flags("data.letterbox=true", "data.multiscale=[64,96]", "data.multiscale_every=1"),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     before_training = proc.stdout.split("run directory:")[0]
-    for reason in ("image_missing", "image_truncated", "image_not_an_image", "image_grayscale",
-                   "image_rgba", "image_16bit", "box_zero_size", "box_clipped",
-                   "box_outside_image", "class_unknown", "annotation_malformed"):  # fmt: skip
+    for reason in (
+        "image_missing",
+        "image_truncated",
+        "image_not_an_image",
+        "image_grayscale",
+        "image_rgba",
+        "image_16bit",
+        "box_zero_size",
+        "box_clipped",
+        "box_outside_image",
+        "class_unknown",
+        "annotation_malformed",
+    ):
         assert reason in before_training, reason
     assert "img4" in before_training  # an example file is named
     assert (run_dir / "best.keras").is_file()
@@ -103,8 +130,10 @@ def test_training_on_damaged_data_reports_every_problem_and_finishes(tmp_path):
 
 def test_missing_annotation_path_fails_fast_naming_it(tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text("format: voc\ntrain: {images: img, annotations: xml}\nval: {images: img, "
-                    "annotations: xml}\nnames: [a]\n")  # fmt: skip
+    spec.write_text(
+        "format: voc\ntrain: {images: img, annotations: xml}\nval: {images: img, "
+        "annotations: xml}\nnames: [a]\n"
+    )
     (tmp_path / "img").mkdir()
     proc = run("train.py", "--data", str(spec), "--epochs", "1", "--run-dir", str(tmp_path / "r"))
     assert proc.returncode != 0
@@ -124,9 +153,14 @@ def test_training_starts_from_init_weights(trained_run, tmp_path, kind):
         save_darknet_weights(model, str(source))
     cfg = load_config(run_dir / "config.yaml")
     proc = run(
-        "train.py", "--config", str(run_dir / "config.yaml"), "--epochs", "1",
-        "--run-dir", str(tmp_path / "run"), "--set", f"model.init_weights={source}",
-        "--set", f"model.anchors={cfg.model.anchors}",
-    )  # fmt: skip
+        "train.py",
+        "--config",
+        str(run_dir / "config.yaml"),
+        "--epochs",
+        "1",
+        "--run-dir",
+        str(tmp_path / "run"),
+        *set_flags(f"model.init_weights={source}", f"model.anchors={cfg.model.anchors}"),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "init weights: 9 of 9 conv layers loaded" in proc.stdout

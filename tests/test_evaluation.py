@@ -27,9 +27,16 @@ def test_evaluate_detections_reproduces_cocoapi_reference(tmp_path):
     expected = json.loads((CHECK / "expected_bbox_stats.json").read_text())["stats"]
     spec = write_spec(tmp_path, CHECK / "instances_val2014_100.json")
     out = tmp_path / "metrics.json"
-    cmd = [sys.executable, "evaluate.py", "--detections",
-           str(CHECK / "instances_val2014_fakebbox100_results.json"),
-           "--data", str(spec), "--json", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "evaluate.py",
+        "--detections",
+        str(CHECK / "instances_val2014_fakebbox100_results.json"),
+        "--data",
+        str(spec),
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(out.read_text())
@@ -41,16 +48,30 @@ def test_evaluate_detections_reproduces_cocoapi_reference(tmp_path):
 
 def tiny_ground_truth(tmp_path: Path) -> Path:
     gt = {
-        "images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 80},
-                   {"id": 9, "file_name": "b.jpg", "width": 100, "height": 80}],
+        "images": [
+            {"id": 7, "file_name": "a.jpg", "width": 100, "height": 80},
+            {"id": 9, "file_name": "b.jpg", "width": 100, "height": 80},
+        ],
         "categories": [{"id": 3, "name": "cat"}, {"id": 11, "name": "dog"}],
         "annotations": [
-            {"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 10, 40, 30],
-             "area": 1200, "iscrowd": 0},
-            {"id": 2, "image_id": 9, "category_id": 11, "bbox": [50, 20, 30, 50],
-             "area": 1500, "iscrowd": 0},
+            {
+                "id": 1,
+                "image_id": 7,
+                "category_id": 3,
+                "bbox": [10, 10, 40, 30],
+                "area": 1200,
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 9,
+                "category_id": 11,
+                "bbox": [50, 20, 30, 50],
+                "area": 1500,
+                "iscrowd": 0,
+            },
         ],
-    }  # fmt: skip
+    }
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(gt))
     return path

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from detector.layers import SpaceToDepth
-from detector.model import build_inference_model, scaled_filters
+from detector.loss import YoloLoss
+from detector.model import build_inference_model, build_training_model, scaled_filters
 
 ANCHORS = [[0.5, 0.7], [1.5, 1.2], [3.0, 2.5]]
 
@@ -93,3 +94,28 @@ def test_inference_model_rebuilt_from_config_gives_identical_outputs(tmp_path):
     head = loaded.get_layer("yolo_head")
     assert head.class_names == ["a", "b", "c"] and head.category_ids == [1, 7, 9]
     assert head.anchors == ANCHORS and head.input_size == 64
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return build_inference_model(3, ANCHORS, "tiny", 0.25, 64)
+
+
+def test_training_model_accepts_the_heads_anchors_in_float32(tiny_model):
+    loss = YoloLoss(np.asarray(ANCHORS, np.float32), 3)  # 0.7 is not exact in float32
+    model = build_training_model(tiny_model, loss, max_boxes=4)
+    assert model.input_shape[1] == (None, None, None, len(ANCHORS), 6)
+
+
+@pytest.mark.parametrize(
+    "anchors", [[[0.5, 0.7], [1.5, 1.2], [3.0, 2.6]], [[0.5, 0.7], [1.5, 1.2]]]
+)
+def test_training_model_rejects_loss_with_other_anchors(tiny_model, anchors):
+    with pytest.raises(ValueError, match="anchors") as error:
+        build_training_model(tiny_model, YoloLoss(anchors, 3), max_boxes=4)
+    assert str(anchors) in str(error.value) and str(ANCHORS) in str(error.value)
+
+
+def test_training_model_rejects_loss_with_other_class_count(tiny_model):
+    with pytest.raises(ValueError, match="num_classes 4 .* 3 classes"):
+        build_training_model(tiny_model, YoloLoss(ANCHORS, 4), max_boxes=4)

@@ -118,8 +118,9 @@ def test_coord_term_scales_small_boxes_up():
     raw = perfect_prediction(y_true)
     raw[np.nonzero(y_true[..., 4]) + (2,)] += 1.0  # tw off by exactly 1
     w, h = y_true[y_true[..., 4] > 0][0, 2:4]
-    np.testing.assert_allclose(terms(layer, raw, y_true, true_boxes)["coord"], [2 - w * h],
-                               rtol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        terms(layer, raw, y_true, true_boxes)["coord"], [2 - w * h], rtol=1e-4
+    )
 
 
 def test_gradients_finite_and_loss_float32_under_mixed_precision():

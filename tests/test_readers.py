@@ -9,12 +9,12 @@ import pytest
 import yaml
 from data_helpers import NAMES, by_file, damage_annotations, damage_images, write_all_formats
 
-from detector.data.augment import prepare_example, read_image
-from detector.data.coco import read_coco
+from detector.data.augment import prepare_example
+from detector.data.coco import ground_truth, read_coco
+from detector.data.files import read_image
 from detector.data.policy import inspect_image
 from detector.data.spec import load_dataset
 from detector.data.yolo import read_yolo
-from detector.evaluation import ground_truth
 
 COCO128 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "coco128")
 FORMATS = ("coco", "voc", "yolo")
@@ -46,8 +46,9 @@ def test_coco128_json_and_txt_give_the_same_boxes():
     with open(os.path.join(COCO128, "dataset.yaml")) as f:
         names = yaml.safe_load(f)["names"]
     names = [names[i] for i in range(len(names))] if isinstance(names, dict) else names
-    coco = read_coco(os.path.join(COCO128, "annotations", "instances.json"),
-                     os.path.join(COCO128, "images"))  # fmt: skip
+    coco = read_coco(
+        os.path.join(COCO128, "annotations", "instances.json"), os.path.join(COCO128, "images")
+    )
     txt = read_yolo(os.path.join(COCO128, "images"), os.path.join(COCO128, "labels"), names)
     assert not txt.problems and len(txt.records) == len(coco.records) == 128
     assert coco.names == txt.names
@@ -79,11 +80,18 @@ def test_damaged_dataset_is_cleaned_counted_and_nothing_valid_is_lost(tmp_path, 
     damage_images(root)
     ds = load_dataset(specs[fmt], "train")
     assert ds.problems == {
-        "image_missing": 1, "image_truncated": 1, "image_not_an_image": 1,
-        "image_grayscale": 1, "image_rgba": 1, "image_16bit": 1,
-        "box_zero_size": 1, "box_clipped": 1, "box_outside_image": 1, "class_unknown": 1,
+        "image_missing": 1,
+        "image_truncated": 1,
+        "image_not_an_image": 1,
+        "image_grayscale": 1,
+        "image_rgba": 1,
+        "image_16bit": 1,
+        "box_zero_size": 1,
+        "box_clipped": 1,
+        "box_outside_image": 1,
+        "class_unknown": 1,
         "annotation_malformed": 1,
-    }  # fmt: skip
+    }
     for reason, examples in ds.problems.examples.items():
         assert examples and all(isinstance(e, str) and e for e in examples), reason
     assert any("img4" in e for e in ds.problems.examples["image_missing"])
@@ -92,8 +100,9 @@ def test_damaged_dataset_is_cleaned_counted_and_nothing_valid_is_lost(tmp_path, 
     for name, record in records.items():  # every good box kept, plus the clipped one
         extra = 1 if name == "img0.jpg" else 0
         assert len(record.boxes) == len(clean[name].boxes) + extra, name
-        np.testing.assert_allclose(record.boxes[: len(clean[name].boxes)], clean[name].boxes,
-                                   atol=1e-3)  # fmt: skip
+        np.testing.assert_allclose(
+            record.boxes[: len(clean[name].boxes)], clean[name].boxes, atol=1e-3
+        )
         clipped = record.boxes[len(clean[name].boxes) :]
         assert (clipped[:, 2] <= record.width).all()
         image, boxes, _ = prepare_example(record, 64, None, np.random.default_rng(0))

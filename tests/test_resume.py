@@ -21,8 +21,14 @@ from detector.state import RunState, resolve, truncate_csv
 from detector.training import run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.variant=tiny", "model.width=0.125", "model.input_size=64",
-        "data.batch_size=8", "model.num_anchors=2", "train.max_minutes=0"]  # fmt: skip
+TINY = [
+    "model.variant=tiny",
+    "model.width=0.125",
+    "model.input_size=64",
+    "data.batch_size=8",
+    "model.num_anchors=2",
+    "train.max_minutes=0",
+]
 
 
 def _toy_model(ema: bool = True) -> keras.Model:
@@ -70,12 +76,18 @@ class Stop(keras.callbacks.Callback):
 def test_resume_restores_weights_optimiser_and_ema_exactly(tmp_path):
     first, after = _toy_model(), Snapshot(at_begin=False)
     with pytest.raises(KeyboardInterrupt):
-        first.fit(*DATA, batch_size=8, epochs=4, verbose=0,
-                  callbacks=[after, RunState(str(tmp_path)), Stop()])  # fmt: skip
+        first.fit(
+            *DATA,
+            batch_size=8,
+            epochs=4,
+            verbose=0,
+            callbacks=[after, RunState(str(tmp_path)), Stop()],
+        )
     assert resolve(str(tmp_path))["epoch"] == 2
     second, before = _toy_model(), Snapshot(at_begin=True)
-    history = second.fit(*DATA, batch_size=8, epochs=4, verbose=0,
-                         callbacks=[RunState(str(tmp_path)), before])  # fmt: skip
+    history = second.fit(
+        *DATA, batch_size=8, epochs=4, verbose=0, callbacks=[RunState(str(tmp_path)), before]
+    )
     assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
     saved, restored = after.values[2], before.values[2]
     assert any("average" in k for k in saved) and any("momentum" in k for k in saved), saved
@@ -116,8 +128,14 @@ def test_failure_inside_a_save_leaves_the_previous_state(tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.Model, "save_weights", broken)
     with pytest.raises(OSError, match="disk full"):
-        model.fit(*DATA, batch_size=8, epochs=2, initial_epoch=1, verbose=0,
-                  callbacks=[RunState(str(tmp_path))])  # fmt: skip
+        model.fit(
+            *DATA,
+            batch_size=8,
+            epochs=2,
+            initial_epoch=1,
+            verbose=0,
+            callbacks=[RunState(str(tmp_path))],
+        )
     assert (tmp_path / "state" / "latest.weights.h5").read_bytes() == before
     assert resolve(str(tmp_path))["epoch"] == 1
 
@@ -143,8 +161,13 @@ def test_nan_guard_stops_before_the_bad_step_reaches_the_state(tmp_path):
             self.epoch = epoch
 
     with pytest.raises(NonFiniteLoss, match=r"epoch 2, step 3.*learning rate"):
-        model.fit(*DATA, batch_size=8, epochs=3, verbose=0,
-                  callbacks=[Poison(), NonFiniteGuard(), RunState(str(tmp_path))])  # fmt: skip
+        model.fit(
+            *DATA,
+            batch_size=8,
+            epochs=3,
+            verbose=0,
+            callbacks=[Poison(), NonFiniteGuard(), RunState(str(tmp_path))],
+        )
     assert resolve(str(tmp_path))["epoch"] == 1
     fresh = _toy_model(ema=False)
     fresh.optimizer.build(fresh.trainable_variables)
@@ -158,11 +181,18 @@ def test_nan_guard_stops_before_the_bad_step_reaches_the_state(tmp_path):
         ["train.precision=mixed_float16"],
         ["train.precision=mixed_bfloat16"],
         ["train.jit_compile=true", "train.ema_momentum=0.9"],
-    ],  # fmt: skip
+    ],
 )
 def test_precision_and_xla_modes_train_an_epoch(tiny_spec, tmp_path, mode):
-    cfg = load_config(overrides=[*TINY, f"data.spec={tiny_spec}", "train.epochs=1",
-                                 f"train.run_dir={tmp_path / 'run'}", *mode])  # fmt: skip
+    cfg = load_config(
+        overrides=[
+            *TINY,
+            f"data.spec={tiny_spec}",
+            "train.epochs=1",
+            f"train.run_dir={tmp_path / 'run'}",
+            *mode,
+        ]
+    )
     try:
         metrics = run(cfg)
     finally:
@@ -173,8 +203,14 @@ def test_precision_and_xla_modes_train_an_epoch(tiny_spec, tmp_path, mode):
 
 
 def _train(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kwargs,
+    )
 
 
 def _sets():
@@ -210,8 +246,7 @@ def _kill_and_resume(tiny_spec, tmp_path, moments: list[float], epochs: int = 4)
     """Starts a run, SIGKILLs it after each delay in `moments` (seconds after start,
     resuming each time), then lets it finish."""
     run_dir = tmp_path / "run"
-    args = ["--data", str(tiny_spec), "--epochs", str(epochs), "--run-dir", str(run_dir),
-            *_sets()]  # fmt: skip
+    args = ["--data", str(tiny_spec), "--epochs", str(epochs), "--run-dir", str(run_dir), *_sets()]
     for delay in [*moments, None]:
         if delay is None:
             final = _train(*args)
@@ -219,9 +254,13 @@ def _kill_and_resume(tiny_spec, tmp_path, moments: list[float], epochs: int = 4)
             assert final.returncode == 0, out[-3000:]
             assert "nothing to do" not in out  # the kills all landed before the end
             break
-        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "train.py", *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         time.sleep(delay)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -1,14 +1,15 @@
 import pytest
 
+from detector.build import make_optimizer
 from detector.config import load_config
 from detector.model import build_inference_model
-from detector.training import make_optimizer, unique_run_dir
+from detector.training import unique_run_dir
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_weight_decay_spares_batchnorm_and_biases(name):
     cfg = load_config(overrides=[f"train.optimizer={name}"])
-    optimizer = make_optimizer(cfg)
+    optimizer = make_optimizer(cfg.train)
     model = build_inference_model(2, [[1, 1]], "tiny", 0.25, 64)
     decayed = {v.path for v in model.trainable_variables if optimizer._use_weight_decay(v)}
     assert "conv_1/kernel" in decayed and "conv_9/kernel" in decayed

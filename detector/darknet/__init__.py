@@ -16,14 +16,24 @@ import importlib
 # ``python -m detector.darknet layers``) do not pay for importing TensorFlow.
 _EXPORTS = {
     "build_from_cfg": "build",
-    "RegionSpec": "cfg", "format_table": "cfg", "layer_table": "cfg", "read_cfg": "cfg",
-    "region_loss_config": "cfg", "region_spec": "cfg", "total_bflops": "cfg",
-    "darknet_letterbox": "inference", "darknet_region_output": "inference",
-    "load_darknet_weights": "transfer", "load_init_weights": "transfer",
+    "RegionSpec": "cfg",
+    "format_table": "cfg",
+    "layer_table": "cfg",
+    "read_cfg": "cfg",
+    "region_loss_config": "cfg",
+    "region_spec": "cfg",
+    "total_bflops": "cfg",
+    "darknet_letterbox": "inference",
+    "darknet_region_output": "inference",
+    "load_darknet_weights": "transfer",
+    "load_init_weights": "transfer",
     "save_darknet_weights": "transfer",
-    "ConvSpec": "weights", "ConvWeights": "weights", "Header": "weights",
-    "read_weights": "weights", "write_weights": "weights",
-}  # fmt: skip
+    "ConvSpec": "weights",
+    "ConvWeights": "weights",
+    "Header": "weights",
+    "read_weights": "weights",
+    "write_weights": "weights",
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -14,6 +14,14 @@ import argparse
 import os
 import sys
 
+from detector.cli import quiet_update_checks
+from detector.darknet.cfg import format_table, layer_table, read_cfg
+from detector.darknet.weights import read_header
+from detector.io import atomic_save
+
+# The modules that import Keras (hence TensorFlow) are imported inside the commands that
+# use them, so that `layers` answers in a fraction of a second.
+
 
 def read_names(path: str) -> list[str]:
     """Class names, one per line (darknet's .names files); blank lines are skipped."""
@@ -26,8 +34,6 @@ def read_names(path: str) -> list[str]:
 def convert(args: argparse.Namespace) -> int:
     from detector.darknet.build import build_from_cfg
     from detector.darknet.transfer import load_darknet_weights
-    from detector.darknet.weights import read_header
-    from detector.io import atomic_save
 
     if not args.out.endswith(".keras"):
         raise ValueError(f"OUT must end in .keras, got {args.out}")
@@ -57,13 +63,12 @@ def export(args: argparse.Namespace) -> int:
 
 
 def layers(args: argparse.Namespace) -> int:
-    from detector.darknet.cfg import format_table, layer_table, read_cfg
-
     print(format_table(layer_table(read_cfg(args.cfg), args.input_size)))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_update_checks()
     parser = argparse.ArgumentParser(
         prog="python -m detector.darknet", description=__doc__.split("\n")[0]
     )

@@ -58,6 +58,29 @@ def build_from_cfg(
     channels = sections[0].get_int("channels", 3)
     images = keras.Input(shape=(None, None, channels), name="images")
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(images)
+    outputs = _body(rows, x)
+    stop = rows[len(outputs)] if len(outputs) < len(rows) else None
+    stem = sections[0].source.removesuffix(".cfg")
+    name = "darknet_" + "".join(ch if ch.isalnum() else "_" for ch in stem)
+    if backbone_only:
+        return keras.Model(images, outputs[-1], name=f"{name}_backbone")
+    if stop is None or stop.kind != "region":
+        found = f"layer {stop.index} [{stop.section.kind}]" if stop else "none"
+        raise ValueError(
+            f"{sections[0].source}: a detector needs [region] after the last "
+            f"conv (found {found}); use backbone_only=True for a backbone"
+        )
+    region = region_spec(sections)
+    names = class_names or [f"class_{i}" for i in range(region.classes)]
+    if len(names) != region.classes:
+        raise ValueError(f"{len(names)} class names for classes={region.classes} in [region]")
+    head = YoloHead(region.anchors, names, size, category_ids, letterbox, name="yolo_head")
+    return keras.Model(images, head(outputs[-1]), name=name)
+
+
+def _body(rows: list[LayerInfo], x) -> list:
+    """The outputs of the cfg's layers up to the first one that is not a conv, max-pool,
+    route or reorg (``[region]``, ``[avgpool]``...), in order."""
     outputs: list = []
     convs = 0
     for row in rows:
@@ -77,23 +100,7 @@ def build_from_cfg(
             outputs.append(reorg(source))
         else:
             outputs.append(_route([outputs[i] for i in row.sources], row.index))
-    stop = rows[len(outputs)] if len(outputs) < len(rows) else None
-    stem = sections[0].source.removesuffix(".cfg")
-    name = "darknet_" + "".join(ch if ch.isalnum() else "_" for ch in stem)
-    if backbone_only:
-        return keras.Model(images, outputs[-1], name=f"{name}_backbone")
-    if stop is None or stop.kind != "region":
-        found = f"layer {stop.index} [{stop.section.kind}]" if stop else "none"
-        raise ValueError(
-            f"{sections[0].source}: a detector needs [region] after the last "
-            f"conv (found {found}); use backbone_only=True for a backbone"
-        )
-    region = region_spec(sections)
-    names = class_names or [f"class_{i}" for i in range(region.classes)]
-    if len(names) != region.classes:
-        raise ValueError(f"{len(names)} class names for classes={region.classes} in [region]")
-    head = YoloHead(region.anchors, names, size, category_ids, letterbox, name="yolo_head")
-    return keras.Model(images, head(outputs[-1]), name=name)
+    return outputs
 
 
 def _conv(x, row: LayerInfo, k: int):

@@ -14,12 +14,21 @@ from dataclasses import dataclass, field, fields
 
 # Section names darknet accepts for each kind we know (darknet's string_to_layer_type).
 KINDS = {
-    "net": "net", "network": "net",
-    "convolutional": "conv", "conv": "conv",
-    "maxpool": "max", "max": "max",
-    "route": "route", "reorg": "reorg", "region": "region",
-    "avgpool": "avg", "avg": "avg", "softmax": "softmax", "soft": "softmax", "cost": "cost",
-}  # fmt: skip
+    "net": "net",
+    "network": "net",
+    "convolutional": "conv",
+    "conv": "conv",
+    "maxpool": "max",
+    "max": "max",
+    "route": "route",
+    "reorg": "reorg",
+    "region": "region",
+    "avgpool": "avg",
+    "avg": "avg",
+    "softmax": "softmax",
+    "soft": "softmax",
+    "cost": "cost",
+}
 BUILDABLE = {"conv", "max", "route", "reorg", "region"}
 ACTIVATIONS = {"leaky", "linear", "logistic", "relu"}
 
@@ -230,8 +239,9 @@ def _route(index: int, s: Section, rows: list[LayerInfo]) -> LayerInfo:
     try:
         refs = [int(v) for v in s.options.get("layers", "").split(",") if v]
     except ValueError:
-        raise ValueError(f"{s.where()}: layers={s.options.get('layers')!r} is not a list of "
-                         f"integers") from None  # fmt: skip
+        raise ValueError(
+            f"{s.where()}: layers={s.options.get('layers')!r} is not a list of integers"
+        ) from None
     sources = [index + r if r < 0 else r for r in refs]
     if not sources or any(not 0 <= i < index for i in sources):
         raise ValueError(
@@ -305,8 +315,11 @@ class RegionSpec:
             raise ValueError(
                 f"{s.where()}: {len(values)} anchor values for num={num} (expected {2 * num})"
             )
-        read = {"bool": lambda k, d: bool(s.get_float(k, d)), "int": s.get_int,
-                "float": s.get_float}  # fmt: skip
+        read = {
+            "bool": lambda k, d: bool(s.get_float(k, d)),
+            "int": s.get_int,
+            "float": s.get_float,
+        }
         options = {f.name: read[f.type](f.name, f.default) for f in fields(cls)[3:]}
         spec = cls(
             [[values[2 * i], values[2 * i + 1]] for i in range(num)], classes, num, **options

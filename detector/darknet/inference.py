@@ -4,6 +4,8 @@
 ``resize_image``, align-corners style, in float32) so a converted model can be fed
 exactly what ``darknet detector test`` feeds the network. ``darknet_region_output``
 turns our raw grid into the array darknet's ``[region]`` layer leaves in ``l.output``.
+Darknet's letterbox placement differs from ours (`detector.boxes.letterbox_geometry`):
+integer arithmetic on the network's (w, h), hence `darknet_letterbox_geometry`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import numpy as np
 GREY = np.float32(0.5)  # darknet fills the letterbox border with 0.5 (127.5 in 0..255)
 
 
-def letterbox_geometry(height: int, width: int, size: int | tuple[int, int]):
-    """Darknet's letterbox placement of a (height, width) image in a (w, h) input.
+def darknet_letterbox_geometry(height: int, width: int, size: int | tuple[int, int]):
+    """Darknet's letterbox placement of a (height, width) image in a (w, h) input
+    (``letterbox_image``'s integer arithmetic).
 
     Args:
         height, width: int. Image size in pixels.
@@ -86,7 +89,8 @@ def darknet_letterbox(image: np.ndarray, size: int | tuple[int, int]) -> np.ndar
     if image.ndim != 3:
         raise ValueError(f"darknet_letterbox: expected (H, W, C), got shape {image.shape}")
     net_w, net_h = (size, size) if isinstance(size, int) else size
-    new_w, new_h, left, top = letterbox_geometry(image.shape[0], image.shape[1], (net_w, net_h))
+    height, width = image.shape[:2]
+    new_w, new_h, left, top = darknet_letterbox_geometry(height, width, (net_w, net_h))
     pixels = (image.astype(np.float64) / 255.0).astype(np.float32)
     canvas = np.full((net_h, net_w, image.shape[2]), GREY, np.float32)
     canvas[top : top + new_h, left : left + new_w] = darknet_resize(pixels, new_w, new_h)

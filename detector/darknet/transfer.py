@@ -70,8 +70,9 @@ def model_conv_specs(model: keras.Model) -> list[ConvSpec]:
 def cfg_conv_specs(cfg: str) -> list[ConvSpec]:
     """The ConvSpec of each [convolutional] of a cfg (path or text), in order."""
     rows = layer_table(read_cfg(cfg))
-    return [ConvSpec(r.filters, r.input[2], r.size, r.batch_normalize)
-            for r in rows if r.kind == "conv"]  # fmt: skip
+    return [
+        ConvSpec(r.filters, r.input[2], r.size, r.batch_normalize) for r in rows if r.kind == "conv"
+    ]
 
 
 def set_conv_weights(conv, bn, layer: ConvWeights) -> None:

@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from detector.data.records import Dataset, Record
+from detector.data.records import Dataset, Record, RecordList, Records
 
-__all__ = ["Dataset", "Record", "load_dataset"]
+__all__ = ["Dataset", "Record", "RecordList", "Records", "load_dataset"]
 
 
 def __getattr__(name: str) -> Any:

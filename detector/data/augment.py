@@ -1,44 +1,24 @@
-"""Image decoding, bbox-aware training augmentation (albumentations) and the resize.
+"""Bbox-aware training augmentation (albumentations) and the resize to the network input.
 
 Geometry: by default images are resized to (size, size) without keeping the aspect
-ratio, as YOLOv2 does, so a box maps to the network input by x * size / width,
-y * size / height; with ``letterbox`` both axes scale by size / max(width, height) and the
-rest is padded grey, centred (`letterbox_geometry`). Evaluation maps predictions back
-with the inverse (`to_image_pixels`). Boxes are xyxy in pixels throughout
+ratio, as YOLOv2 does; with ``letterbox`` both axes scale by size / max(width, height) and
+the rest is padded grey, centred (`detector.boxes.letterbox_geometry`, whose
+`to_image_pixels` maps predictions back). Boxes are xyxy in pixels throughout
 (albumentations' "pascal_voc" format).
 """
 
-import os
 import random
 
+import albumentations as A
 import cv2
 import numpy as np
 
-# albumentations asks PyPI for a newer version at import (a network call and a warning);
-# a trainer should do neither, so opt out unless the user set the variable themselves.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A
-
+from detector.boxes import letterbox_geometry, to_input_pixels
+from detector.data.files import read_image
 from detector.data.records import Record
 
 FILL = 114  # grey for the area an affine shift uncovers (the value Ultralytics uses)
 MIN_BOX_SIDE = 1.0  # pixels of the resized image; thinner boxes are dropped
-
-
-def read_image(path: str) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) RGB; ValueError naming `path` if unreadable."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: cannot read image (missing, unreadable or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode an image file's bytes as `read_image` does; ValueError naming `name`."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{name}: cannot decode image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class DarknetHSV(A.ImageOnlyTransform):
@@ -49,8 +29,9 @@ class DarknetHSV(A.ImageOnlyTransform):
     draw in [1, s], inverted with probability 1/2.
     """
 
-    def __init__(self, hue: float = 0.1, saturation: float = 1.5, exposure: float = 1.5,
-                 p: float = 1.0):  # fmt: skip
+    def __init__(
+        self, hue: float = 0.1, saturation: float = 1.5, exposure: float = 1.5, p: float = 1.0
+    ):
         super().__init__(p=p)
         self.hue, self.saturation, self.exposure = hue, saturation, exposure
 
@@ -83,36 +64,33 @@ class DarknetHSV(A.ImageOnlyTransform):
 
 
 def build_augmenter(
-    hflip: float = 0.5,
-    scale: tuple[float, float] = (0.75, 1.25),
-    translate: float = 0.2,
-    hue: float = 0.1,
-    saturation: float = 1.5,
-    exposure: float = 1.5,
-    min_visibility: float = 0.3,
+    *,
+    hflip: float,
+    scale: tuple[float, float],
+    translate: float,
+    hue: float,
+    saturation: float,
+    exposure: float,
+    min_visibility: float,
 ) -> A.Compose:
     """The training augmentation: flip, scale/translate jitter, HSV colour jitter.
 
     The colour parameters mean what darknet's ``[net]`` options of the same name mean.
     Boxes go in and come out xyxy in pixels with a `classes` label field; boxes are
     clipped to the image and dropped when less than `min_visibility` of their area stays
-    inside (and, after the resize, when thinner than `MIN_BOX_SIDE`).
+    inside (and, after the resize, when thinner than `MIN_BOX_SIDE`). Every argument is
+    required: the defaults are the config's (`detector.config.DataConfig`).
 
     Args:
-        hflip: float. Probability of a horizontal flip. Defaults to 0.5.
+        hflip: float. Probability of a horizontal flip.
         scale: (min, max). Zoom factor, one per image for both axes so shapes keep their
-            aspect ratio. Defaults to (0.75, 1.25).
+            aspect ratio.
         translate: float. Shift up to this fraction of the width / height, per axis.
-            Defaults to 0.2. Uncovered pixels are grey (`FILL`). With `scale`, this is
-            darknet's ``jitter``.
+            Uncovered pixels are grey (`FILL`). With `scale`, this is darknet's ``jitter``.
         hue: float. Hue shift up to +-`hue` of the colour circle (darknet ``hue``).
-            Defaults to 0.1.
         saturation: float >= 1. Saturation gain in [1/s, s] (darknet ``saturation``).
-            Defaults to 1.5.
         exposure: float >= 1. Brightness gain in [1/e, e] (darknet ``exposure``).
-            Defaults to 1.5.
         min_visibility: float. Fraction of a box's area that must stay in the image.
-            Defaults to 0.3.
     """
     return A.Compose(
         [
@@ -136,25 +114,6 @@ def build_augmenter(
     )
 
 
-def letterbox_geometry(height: int, width: int, size: int, letterbox: bool):
-    """How an image of (height, width) maps onto the (size, size) input.
-
-    Returns (gain_x, gain_y, pad_x, pad_y): input = image * gain + pad, per axis.
-    """
-    if not letterbox:
-        return size / width, size / height, 0.0, 0.0
-    gain = size / max(height, width)
-    new_w, new_h = round(width * gain), round(height * gain)
-    return gain, gain, (size - new_w) // 2, (size - new_h) // 2
-
-
-def to_image_pixels(boxes: np.ndarray, height: int, width: int, size: int, letterbox: bool):
-    """Inverse of the input mapping: xyxy in input pixels -> xyxy in image pixels, clipped."""
-    gx, gy, px, py = letterbox_geometry(height, width, size, letterbox)
-    out = (np.asarray(boxes, np.float64) - [px, py, px, py]) / [gx, gy, gx, gy]
-    return np.clip(out, 0.0, [width, height, width, height])
-
-
 def resize(
     image: np.ndarray, boxes: np.ndarray, size: int, letterbox: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -167,21 +126,20 @@ def resize(
         letterbox: bool. Keep the aspect ratio and pad with `FILL`. Defaults to False.
 
     Returns:
-        image uint8 (size, size, 3); boxes float32 (N, 4) xyxy in pixels of the output.
+        image uint8 (size, size, 3); boxes float32 (N, 4) xyxy in pixels of the output
+        (`detector.boxes.to_input_pixels`).
     """
     height, width = image.shape[:2]
-    gx, gy, px, py = letterbox_geometry(height, width, size, letterbox)
     if letterbox:
+        gx, gy, px, py = letterbox_geometry(height, width, size, letterbox)
         new_w, new_h = round(width * gx), round(height * gy)
-        canvas = np.full((size, size, 3), FILL, np.uint8)
-        canvas[py : py + new_h, px : px + new_w] = cv2.resize(
+        resized = np.full((size, size, 3), FILL, np.uint8)
+        resized[py : py + new_h, px : px + new_w] = cv2.resize(
             image, (new_w, new_h), interpolation=cv2.INTER_LINEAR
         )
-        resized = canvas
     else:
         resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([gx, gy, gx, gy], np.float32)
-    return resized, boxes + np.array([px, py, px, py], np.float32)
+    return resized, to_input_pixels(boxes, height, width, size, letterbox)
 
 
 def prepare_example(

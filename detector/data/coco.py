@@ -1,23 +1,32 @@
-"""COCO `instances` json -> `Dataset`.
+"""COCO `instances` json <-> `Dataset`, both directions.
 
-Only the json is read (image sizes come from its `images` entries; no image is opened).
-Category ids, sorted ascending, map to contiguous class indices 0..C-1. A json that does
-not parse, or whose `categories` are unusable, is an error naming the file; otherwise the
-policy of `detector.data.policy` applies: a malformed `images` or `annotations` entry is
-skipped (`annotation_malformed`), an annotation of an unknown image id is dropped, and
-boxes go through `clean_boxes`. `iscrowd=1` annotations become the record's ignore
-regions. Images without annotations are kept as negatives.
+`read_coco` reads a json into a `Dataset`; `records_to_coco` writes a dataset's records
+as an `instances` dict; `ground_truth` is the pycocotools ground truth that evaluation
+scores against (the published json where there is one).
+
+Reading: only the json is read (image sizes come from its `images` entries; no image is
+opened). Category ids, sorted ascending, map to contiguous class indices 0..C-1. A json
+that does not parse, or whose `categories` are unusable, is an error naming the file;
+otherwise the policy of `detector.data.policy` applies: a malformed `images` or
+`annotations` entry is skipped (`annotation_malformed`), an annotation of an unknown image
+id is dropped, and boxes go through `clean_boxes`. `iscrowd=1` annotations become the
+record's ignore regions. Images without annotations are kept as negatives.
 """
 
+import contextlib
+import io
 import json
 import os
+from collections.abc import Callable
 from numbers import Real
 from typing import Any
 
 import numpy as np
+from pycocotools.coco import COCO
 
 from detector.data.policy import clean_boxes, group
 from detector.data.records import Dataset, Problems, Record
+
 
 def read_coco(annotation_file: str, images_dir: str) -> Dataset:
     """Read a COCO json into a `Dataset`.
@@ -39,11 +48,13 @@ def read_coco(annotation_file: str, images_dir: str) -> Dataset:
 
     img_idx, known_image = _lookup(image_ids, ann_image)
     for i in np.flatnonzero(~known_image)[:3]:
-        problems.add("annotation_unknown_image", f"{annotation_file}: annotations[{index[i]}]: "
-                     f"image_id {ann_image[i]}")  # fmt: skip
+        problems.add(
+            "annotation_unknown_image",
+            f"{annotation_file}: annotations[{index[i]}]: image_id {ann_image[i]}",
+        )
     problems.add("annotation_unknown_image", None, max(0, int((~known_image).sum()) - 3))
-    index, img_idx, ann_category = index[known_image], img_idx[known_image], ann_category[known_image]
-    bbox, crowd = bbox[known_image], crowd[known_image]
+    index, img_idx = index[known_image], img_idx[known_image]
+    ann_category, bbox, crowd = ann_category[known_image], bbox[known_image], crowd[known_image]
     cls, known_category = _lookup(np.asarray(category_ids, np.int64), ann_category)
     limits = np.stack([widths, heights, widths, heights], axis=1)[img_idx]
     xyxy = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
@@ -156,8 +167,12 @@ def _images(
         heights.append(image["height"])
         widths.append(image["width"])
         names.append(image["file_name"])
-    return (np.asarray(ids, np.int64), np.asarray(heights, np.float64),
-            np.asarray(widths, np.float64), names)  # fmt: skip
+    return (
+        np.asarray(ids, np.int64),
+        np.asarray(heights, np.float64),
+        np.asarray(widths, np.float64),
+        names,
+    )
 
 
 def _annotations(data: dict[str, Any], path: str, problems: Problems):
@@ -197,3 +212,77 @@ def _lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray
     order = np.argsort(table, kind="stable")
     index = order[np.searchsorted(table[order], keys).clip(0, len(table) - 1)]
     return index, table[index] == keys
+
+
+def records_to_coco(dataset: Dataset, file_name: Callable[[Record], str] | None = None) -> dict:
+    """A COCO ``instances`` dict of the records, with the dataset's image and category ids.
+
+    Boxes and ignore regions (as ``iscrowd=1`` annotations of class 0's category) are xywh
+    in image pixels; ``area`` is the box area.
+
+    Args:
+        dataset: Dataset.
+        file_name: Record -> str. Each image's ``file_name``. Defaults to the base name
+            of the record's path.
+    """
+    file_name = file_name or (lambda record: os.path.basename(record.path))
+    images, annotations = [], []
+    for record in dataset.records:
+        size = {"width": int(record.width), "height": int(record.height)}
+        images.append({"id": int(record.image_id), "file_name": file_name(record), **size})
+        annotations += _instances(record, dataset.category_ids, first_id=len(annotations) + 1)
+    categories = [
+        {"id": int(i), "name": n} for i, n in zip(dataset.category_ids, dataset.names, strict=True)
+    ]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _instances(record: Record, category_ids: list[int], first_id: int) -> list[dict]:
+    """The record's boxes, then its ignore regions, as COCO annotation dicts."""
+    rows = [(box, int(c), 0) for box, c in zip(record.boxes, record.classes, strict=True)]
+    rows += [(box, 0, 1) for box in record.ignore]
+    out = []
+    for k, (box, cls, crowd) in enumerate(rows):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        out.append(
+            {
+                "id": first_id + k,
+                "image_id": int(record.image_id),
+                "category_id": int(category_ids[cls]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": crowd,
+            }
+        )
+    return out
+
+
+def ground_truth(dataset: Dataset) -> COCO:
+    """The COCO ground truth of exactly the images and boxes of `dataset`.
+
+    COCO data: its own json (areas, crowd flags and ids as published), restricted to the
+    records the readers kept and the annotations they accepted. Other formats: built from
+    the records (`records_to_coco`).
+    """
+    if dataset.annotation_file is None:
+        data = records_to_coco(dataset)
+    else:
+        data = _published(dataset)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _published(dataset: Dataset) -> dict:
+    """The dataset's json, keeping the images of its records and the accepted annotations."""
+    with open(dataset.annotation_file, encoding="utf-8") as f:
+        data = json.load(f)
+    kept = set(dataset.records.image_ids().tolist())
+    annotations = data.get("annotations") or []
+    if dataset.coco_keep is not None:
+        annotations = [annotations[i] for i in dataset.coco_keep]
+    data["images"] = [im for im in data["images"] if isinstance(im, dict) and im.get("id") in kept]
+    data["annotations"] = [a for a in annotations if a["image_id"] in kept]
+    return data

@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from detector.data.coco import records_to_coco
 from detector.data.records import Dataset, Record
 from detector.io import atomic_write_text
 
@@ -23,26 +24,11 @@ def _relative(record: Record, images_dir: str) -> str:
 
 
 def write_coco(dataset: Dataset, images_dir: str, path: str) -> None:
-    """COCO ``instances`` json; ignore regions become ``iscrowd=1`` annotations."""
-    images, annotations = [], []
-    for r in dataset.records:
-        images.append({"id": int(r.image_id), "file_name": _relative(r, images_dir),
-                       "width": int(r.width), "height": int(r.height)})  # fmt: skip
-        rows = [(b, int(c), 0) for b, c in zip(r.boxes, r.classes, strict=True)]
-        rows += [(b, 0, 1) for b in r.ignore]
-        for box, cls, crowd in rows:
-            x1, y1, x2, y2 = (float(v) for v in box)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": int(r.image_id),
-                "category_id": int(dataset.category_ids[cls]),
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                "iscrowd": crowd,
-            })  # fmt: skip
-    categories = [{"id": int(i), "name": n}
-                  for i, n in zip(dataset.category_ids, dataset.names, strict=True)]  # fmt: skip
+    """COCO ``instances`` json (`records_to_coco`); ignore regions become ``iscrowd=1``
+    annotations."""
+    data = records_to_coco(dataset, file_name=lambda record: _relative(record, images_dir))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_text(path, json.dumps(
-        {"images": images, "annotations": annotations, "categories": categories}))  # fmt: skip
+    atomic_write_text(path, json.dumps(data))
 
 
 def write_voc(dataset: Dataset, images_dir: str, annotations_dir: str) -> None:

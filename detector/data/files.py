@@ -1,7 +1,9 @@
-"""Image folders: listing the images of a split and reading an image's size cheaply."""
+"""Image files: listing the images of a split, reading an image's size cheaply, decoding."""
 
 import os
 
+import cv2
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -30,3 +32,19 @@ def image_size(path: str) -> tuple[int, int] | None:
     except (OSError, UnidentifiedImageError, ValueError):
         return None
     return (height, width) if height > 0 and width > 0 else None
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) RGB; ValueError naming `path` if unreadable."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: cannot read image (missing, unreadable or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode an image file's bytes as `read_image` does; ValueError naming `name`."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{name}: cannot decode image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

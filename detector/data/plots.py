@@ -1,19 +1,19 @@
 """PNG plots of a dataset (``python -m detector.data check --plots DIR``)."""
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from detector.anchors import STRIDE, box_shapes, kmeans_anchors, mean_best_iou  # noqa: E402
-from detector.data.records import Dataset  # noqa: E402
+from detector.anchors import box_shapes, kmeans_anchors, mean_best_iou
+from detector.data.records import Dataset
+from detector.grid import STRIDE
 
 
 def plot_class_histogram(datasets: dict[str, Dataset], path: str) -> str:
     """Boxes per class, one bar group per split."""
     names = next(iter(datasets.values())).names
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4))
+    fig = Figure(figsize=(max(6, 0.35 * len(names) + 2), 4))
+    ax = fig.subplots()
     x = np.arange(len(names))
     width = 0.8 / len(datasets)
     for k, (split, ds) in enumerate(datasets.items()):
@@ -28,7 +28,6 @@ def plot_class_histogram(datasets: dict[str, Dataset], path: str) -> str:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -36,18 +35,30 @@ def plot_box_shapes(dataset: Dataset, cfg, path: str) -> str:
     """Box width vs height in pixels of the network input, with k-means anchors."""
     size = cfg.model.input_size
     wh = box_shapes(dataset.records, size, cfg.data.letterbox)
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
     if len(wh):
         k = cfg.model.num_anchors
         anchors = kmeans_anchors(wh, k)
         ax.scatter(wh[:, 0] * STRIDE, wh[:, 1] * STRIDE, s=4, alpha=0.3, label=f"{len(wh)} boxes")
-        ax.scatter(anchors[:, 0] * STRIDE, anchors[:, 1] * STRIDE, s=120, marker="x",
-                   color="red", label=f"{k} k-means anchors, mean IoU "
-                   f"{mean_best_iou(wh, anchors):.3f}")  # fmt: skip
+        ax.scatter(
+            anchors[:, 0] * STRIDE,
+            anchors[:, 1] * STRIDE,
+            s=120,
+            marker="x",
+            color="red",
+            label=f"{k} k-means anchors, mean IoU {mean_best_iou(wh, anchors):.3f}",
+        )
         if isinstance(cfg.model.anchors, list):
             configured = np.asarray(cfg.model.anchors) * STRIDE
-            ax.scatter(configured[:, 0], configured[:, 1], s=80, marker="+", color="green",
-                       label="configured anchors")  # fmt: skip
+            ax.scatter(
+                configured[:, 0],
+                configured[:, 1],
+                s=80,
+                marker="+",
+                color="green",
+                label="configured anchors",
+            )
     ax.set_xlim(0, size)
     ax.set_ylim(0, size)
     ax.set_xlabel(f"box width, px of the {size}-px input")
@@ -56,40 +67,45 @@ def plot_box_shapes(dataset: Dataset, cfg, path: str) -> str:
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def plot_augmented(dataset: Dataset, cfg, path: str, count: int = 16, seed: int = 0) -> str:
     """A grid of training samples as the pipeline makes them, boxes and classes drawn."""
-    from detector.data.augment import build_augmenter, prepare_example
+    from detector.build import make_augmenter
+    from detector.data.augment import prepare_example
 
-    d = cfg.data
-    augmenter = build_augmenter(d.hflip, tuple(d.scale), d.translate, d.hue, d.saturation,
-                                d.exposure, d.min_visibility)  # fmt: skip
+    augmenter = make_augmenter(cfg.data)
     rng = np.random.default_rng(seed)
     records = dataset.records
     with_boxes = [i for i, r in enumerate(records) if len(r.boxes)] or list(range(len(records)))
-    picks = [with_boxes[i] for i in rng.choice(len(with_boxes), min(count, len(with_boxes)),
-                                               replace=False)]  # fmt: skip
+    picks = [
+        with_boxes[i]
+        for i in rng.choice(len(with_boxes), min(count, len(with_boxes)), replace=False)
+    ]
     # a packed split has its images in its shards, not (necessarily) at the original paths
-    images = records.read_images(picks) if hasattr(records, "read_images") else {}
+    images = records.read_images(picks)
     cols = int(np.ceil(np.sqrt(len(picks))))
     rows = int(np.ceil(len(picks) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(3 * cols, 3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, index in zip(axes.ravel(), picks, strict=False):
         image, boxes, classes = prepare_example(
-            records[index], cfg.model.input_size, augmenter, rng, d.letterbox, images.get(index)
+            records[index],
+            cfg.model.input_size,
+            augmenter,
+            rng,
+            cfg.data.letterbox,
+            images.get(index),
         )
         ax.imshow(image)
         for (x1, y1, x2, y2), c in zip(boxes, classes, strict=True):
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1))
-            ax.text(x1, y1, dataset.names[c], color="black", fontsize=6,
-                    bbox={"facecolor": "lime", "pad": 0.5, "lw": 0})  # fmt: skip
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1))
+            label_box = {"facecolor": "lime", "pad": 0.5, "lw": 0}
+            ax.text(x1, y1, dataset.names[c], color="black", fontsize=6, bbox=label_box)
     fig.suptitle("augmented training samples")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

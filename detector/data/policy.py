@@ -121,8 +121,7 @@ def build_records(
     labels = group(image_index[~ignore], np.asarray(classes, np.int32)[~ignore], num)
     regions = group(image_index[ignore], np.asarray(boxes, np.float32)[ignore], num)
     return [
-        Record(image_id=image_id, path=path, height=int(size[0]), width=int(size[1]),
-               boxes=grouped[i], classes=labels[i], ignore=regions[i])  # fmt: skip
+        Record(image_id, path, int(size[0]), int(size[1]), grouped[i], labels[i], regions[i])
         for i, (image_id, path, size) in enumerate(images)
     ]
 
@@ -195,8 +194,7 @@ def check_images(dataset: Dataset, threads: int | None = None) -> Dataset:
         if size != (record.height, record.width):
             problems.add(
                 "image_size_mismatch",
-                f"{record.path}: {size[0]}x{size[1]} px, annotated "
-                f"{record.height}x{record.width}",
+                f"{record.path}: {size[0]}x{size[1]} px, annotated {record.height}x{record.width}",
             )
         kept.append(record)
     return replace(dataset, records=kept, problems=problems)

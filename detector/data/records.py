@@ -1,13 +1,18 @@
-"""The record type every dataset reader produces, and the dataset that holds them.
+"""The record type every dataset reader produces, the `Records` sequence of one split, and
+the dataset that holds them.
 
 Units: every box here is `xyxy` in pixels of the *original* image, continuous coordinates
 (a box covering pixel columns 3..5 inclusive is x1=3, x2=6), as in COCO.
 """
 
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from detector.data.files import read_image
 
 # What a reader or the image check may count, and what happened to the thing counted.
 # Every reader uses these names (see `detector.data.policy`).
@@ -100,12 +105,91 @@ class Record:
     ignore: np.ndarray
 
 
+@runtime_checkable
+class Records(Protocol):
+    """The records of one split: a read-only sequence of `Record`, plus what the anchors,
+    the plots and the input pipelines ask of a whole split.
+
+    Implementations: `RecordList` (records in memory, images at their paths) and
+    `detector.data.tfrecord.PackedRecords` (records and image bytes in TFRecord shards,
+    parsed on first iteration). Index i means the same record in every method. Both are
+    cheap to ``len`` and to pickle.
+    """
+
+    @property
+    def packed(self) -> bool:
+        """True when the images are in TFRecord shards (`PackedRecords`): the input
+        pipelines then stream the shards instead of opening each record's path."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Record]: ...
+
+    def __getitem__(self, index: int) -> Record: ...
+
+    def image_ids(self) -> np.ndarray:
+        """int64 (N,): each record's image id, in record order."""
+        ...
+
+    def box_table(self) -> np.ndarray:
+        """float32 (K, 4): width, height of every box and width, height of its image, in
+        image pixels; rows record by record in record order (what `anchors.box_shapes`
+        clusters)."""
+        ...
+
+    def read_images(self, indices: Iterable[int]) -> dict[int, np.ndarray]:
+        """{i: uint8 (H, W, 3) RGB image} of the records at `indices`."""
+        ...
+
+
+class RecordList(Sequence[Record]):
+    """`Records` held in a list; each image is read from its record's path.
+
+    Slicing gives a `RecordList`.
+    """
+
+    def __init__(self, records: Iterable[Record] = ()):
+        self._records = list(records)
+
+    @property
+    def packed(self) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._records)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return RecordList(self._records[index])
+        return self._records[index]
+
+    def __repr__(self) -> str:
+        return f"RecordList({len(self)} records)"
+
+    def image_ids(self) -> np.ndarray:
+        return np.array([r.image_id for r in self._records], np.int64)
+
+    def box_table(self) -> np.ndarray:
+        sizes = [r.boxes[:, 2:] - r.boxes[:, :2] for r in self._records]
+        images = [np.tile([r.width, r.height], (len(r.boxes), 1)) for r in self._records]
+        rows = [np.column_stack(pair) for pair in zip(sizes, images, strict=True)]
+        return (np.concatenate(rows) if rows else np.zeros((0, 4))).astype(np.float32)
+
+    def read_images(self, indices: Iterable[int]) -> dict[int, np.ndarray]:
+        return {int(i): read_image(self._records[int(i)].path) for i in indices}
+
+
 @dataclass
 class Dataset:
     """All records of one split plus the class bookkeeping.
 
     Attributes:
-        records: list[Record]. One per image, images without objects included (negatives).
+        records: Records. One per image, images without objects included (negatives); a
+            list or tuple of `Record` given here becomes a `RecordList`.
         names: list[str]. Class names; index = contiguous class index.
         category_ids: list[int]. Contiguous class index -> the dataset's own category id.
         annotation_file: str | None. COCO json to evaluate against, when the format has one.
@@ -116,9 +200,13 @@ class Dataset:
             exactly those; None when every annotation was kept or there is no json.
     """
 
-    records: list[Record]
+    records: Records
     names: list[str]
     category_ids: list[int]
     annotation_file: str | None
     problems: Problems = field(default_factory=Problems)
     coco_keep: np.ndarray | None = None
+
+    def __post_init__(self):
+        if isinstance(self.records, list | tuple):
+            self.records = RecordList(self.records)

@@ -30,8 +30,8 @@ the paths given, from an extra mapping (defaults shown):
 import difflib
 import json
 import os
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import yaml
@@ -39,8 +39,8 @@ import yaml
 from detector.data.coco import read_coco
 from detector.data.policy import check_images as check_dataset_images
 from detector.data.records import Dataset
-from detector.data.tfrecord import load_packed
 from detector.data.synthetic import MIN_IMAGE_SIZE, SHAPES, Style, write_split
+from detector.data.tfrecord import load_packed
 from detector.data.voc import read_voc, voc_class_names
 from detector.data.yolo import read_yolo
 
@@ -55,8 +55,12 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     **asdict(Style()),
 }
 SYNTHETIC_MINIMA = {
-    "seed": 0, "train_images": 1, "val_images": 1, "size": MIN_IMAGE_SIZE, "max_objects": 1,
-}  # fmt: skip
+    "seed": 0,
+    "train_images": 1,
+    "val_images": 1,
+    "size": MIN_IMAGE_SIZE,
+    "max_objects": 1,
+}
 STYLE_RANGES = {"min_side": (2.0, 10_000.0), "max_side": (2.0, 10_000.0), "clutter": (0.0, 1.0)}
 
 
@@ -77,8 +81,10 @@ def load_spec(path: str) -> dict[str, Any]:
         raise ValueError(f"{path}: format: {got}; expected one of {sorted(READERS)}")
     spec: dict[str, Any] = {"path": path, "format": fmt, "names": _names(raw, path)}
     if fmt == "yolo" and spec["names"] is None:
-        raise ValueError(f"{path}: names: required for format yolo (a list, or the path of "
-                         "a dataset YAML with names:)")  # fmt: skip
+        raise ValueError(
+            f"{path}: names: required for format yolo (a list, or the path of "
+            "a dataset YAML with names:)"
+        )
     splits = [s for s in SPLITS if s in raw]
     if not splits:
         raise ValueError(f"{path}: train: missing (a spec needs train: and/or val:)")
@@ -206,9 +212,15 @@ def _make_synthetic_split(spec: dict[str, Any], split: str) -> None:
     }
     if not os.path.isfile(paths["annotations"]):
         write_split(
-            paths["images"], paths["annotations"], split, wanted["num_images"],
-            params["seed"], params["size"], params["classes"], style,
-        )  # fmt: skip
+            paths["images"],
+            paths["annotations"],
+            split,
+            wanted["num_images"],
+            params["seed"],
+            params["size"],
+            params["classes"],
+            style,
+        )
     with open(paths["annotations"], encoding="utf-8") as f:
         made = json.load(f).get("info", {}).get("synthetic")
     if made != wanted:
@@ -224,7 +236,9 @@ READERS: dict[str, Callable[[dict[str, Any], str], Dataset]] = {
     "voc": _read_voc,
     "yolo": _read_yolo,
     "synthetic": _read_synthetic,
-    "tfrecord": lambda spec, split: load_packed(_folder(spec, split, "packed"), split, spec["path"]),
+    "tfrecord": lambda spec, split: load_packed(
+        _folder(spec, split, "packed"), split, spec["path"]
+    ),
 }
 SPLIT_KEYS: dict[str, tuple[str, ...]] = {
     "coco": ("images", "annotations"),
@@ -283,7 +297,9 @@ def _names(raw: dict[str, Any], path: str) -> list[str] | None:
                 raise ValueError(f"{path}: names: map keys must be the indices 0..{len(names) - 1}")
             names = [names[k] for k in keys]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: {where}: expected a non-empty list of class names, got {names!r}")
+        raise ValueError(
+            f"{path}: {where}: expected a non-empty list of class names, got {names!r}"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: {where}: duplicate class names in {names!r}")
     return names
@@ -316,7 +332,11 @@ def _synthetic_params(raw: Any, path: str) -> dict[str, Any]:
             )
     for key, (low, high) in STYLE_RANGES.items():
         value = params[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
             raise ValueError(
                 f"{path}: synthetic.{key}: expected a number in [{low:g}, {high:g}], got {value!r}"
             )

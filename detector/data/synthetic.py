@@ -9,18 +9,20 @@ Every box is the tight box of the shape's drawn pixels, xywh in pixels (COCO). L
 
 Every file is written to a temporary name and renamed, the json last, so an interrupted run
 never leaves a split that looks complete. The same arguments give byte-identical files.
+Command line: ``python -m detector.data synthesize OUT_DIR [--seed N] [--train N] ...``.
 """
 
-import argparse
-import contextlib
 import json
 import os
+import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+
+from detector.io import atomic_write_bytes
 
 SHAPES = ("circle", "rectangle", "triangle", "ellipse")
 DESCRIPTION = "synthetic cluttered shapes"
@@ -107,7 +109,7 @@ def write_split(
         image, boxes, labels, areas = render_image(rng, size, classes, noise, style)
         file_name = f"{image_id:06d}.jpg"
         _, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        _write_atomic(os.path.join(images_dir, file_name), jpeg.tobytes())
+        atomic_write_bytes(os.path.join(images_dir, file_name), jpeg.tobytes())
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
         for box, label, area in zip(boxes.tolist(), labels.tolist(), areas.tolist(), strict=True):
             x1, y1, x2, y2 = box
@@ -129,7 +131,7 @@ def write_split(
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
     }
-    _write_atomic(annotation_file, json.dumps(coco, separators=(",", ":")).encode())
+    atomic_write_bytes(annotation_file, json.dumps(coco, separators=(",", ":")).encode())
 
 
 def render_image(
@@ -305,30 +307,7 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.
     return candidates[far[0] if len(far) else np.argmax(distance)]
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and a rename."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command line: `python -m detector.data.synthetic OUT_DIR [--seed N] [--train N] ...`."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", help="dataset root (images/ and annotations/ go here)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=1000, help="training images")
-    parser.add_argument("--val", type=int, default=200, help="validation images")
-    parser.add_argument("--size", type=int, default=256, help="image side, pixels")
-    args = parser.parse_args(argv)
-    make_synthetic(args.out_dir, args.seed, args.train, args.val, args.size)
-    print(f"wrote {args.train} train + {args.val} val images to {args.out_dir}")
-
-
 if __name__ == "__main__":
-    main()
+    from detector.data.cli import main
+
+    sys.exit(main(["synthesize", *sys.argv[1:]]))

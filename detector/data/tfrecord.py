@@ -8,10 +8,10 @@ usual checks: the problems are counted then and kept), and writes per split:
                                                 image file's own bytes (not re-encoded),
                                                 image_id, path, height, width, boxes,
                                                 classes, ignore regions
-    OUT_DIR/train.json                          the index: count, files, names, category
-                                                ids, problems
+    OUT_DIR/train.json                          the index: count, files, image ids,
+                                                names, category ids, problems
     OUT_DIR/train_boxes.npy                     (K, 4) box w, h and image w, h of every
-                                                box, for k-means anchors
+                                                box, for k-means anchors (`box_table`)
     OUT_DIR/train_gt.json                       COCO ground truth of the kept images
     OUT_DIR/spec.yaml                           format: tfrecord, one entry per split
 
@@ -26,7 +26,10 @@ import os
 
 import numpy as np
 
-from detector.data.records import Dataset, Problems, Record
+from detector.data.coco import ground_truth
+from detector.data.files import decode_image
+from detector.data.records import Dataset, Problems, Record, RecordList
+from detector.io import atomic_path, atomic_write_text
 
 INDEX_VERSION = 1
 SHUFFLE_BLOCK = 2048  # examples held in memory by the training stream's shuffle
@@ -104,39 +107,26 @@ def record_of(parsed: dict) -> Record:
 def pack_split(dataset: Dataset, out_dir: str, split: str, shards: int) -> dict:
     """Writes `dataset`'s records as `shards` TFRecord files plus the index, box table and
     ground truth (each file atomically); returns the index."""
-    import tensorflow as tf
-
-    from detector.evaluation import ground_truth
-    from detector.io import atomic_path, atomic_write_text
-
-    records = dataset.records
     index_path = os.path.join(out_dir, f"{split}.json")
     if os.path.exists(index_path):  # written last: until then the split reads as absent
         os.remove(index_path)
-    shards = max(1, min(shards, len(records)))
+    shards = max(1, min(shards, len(dataset.records)))
+    parts = [dataset.records[i::shards] for i in range(shards)]  # round robin: equal sizes
     files = [shard_name(split, i, shards) for i in range(shards)]
-    for i, name in enumerate(files):
-        with atomic_path(os.path.join(out_dir, name), suffix=".tfrecord") as tmp:
-            with tf.io.TFRecordWriter(tmp) as writer:
-                for record in records[i::shards]:  # round robin: shards of equal size
-                    with open(record.path, "rb") as f:
-                        writer.write(_example(record, f.read()).SerializeToString())
-    table = [
-        np.column_stack([r.boxes[:, 2:] - r.boxes[:, :2],
-                         np.tile([r.width, r.height], (len(r.boxes), 1))])  # fmt: skip
-        for r in records
-    ]
-    table = np.concatenate(table) if table else np.zeros((0, 4))
+    for name, part in zip(files, parts, strict=True):
+        _write_shard(part, os.path.join(out_dir, name))
+    packed = RecordList(record for part in parts for record in part)  # the packed order
     with atomic_path(os.path.join(out_dir, f"{split}_boxes.npy"), suffix=".npy") as tmp:
-        np.save(tmp, table.astype(np.float32))
+        np.save(tmp, packed.box_table())
     gt = ground_truth(dataset).dataset
     atomic_write_text(os.path.join(out_dir, f"{split}_gt.json"), json.dumps(gt))
     index = {
         "version": INDEX_VERSION,
         "split": split,
-        "count": len(records),
+        "count": len(packed),
         "files": files,
-        "file_counts": [len(records[i::shards]) for i in range(shards)],
+        "file_counts": [len(part) for part in parts],
+        "image_ids": packed.image_ids().tolist(),
         "names": list(dataset.names),
         "category_ids": [int(c) for c in dataset.category_ids],
         "problems": dict(dataset.problems),
@@ -146,12 +136,24 @@ def pack_split(dataset: Dataset, out_dir: str, split: str, shards: int) -> dict:
     return index
 
 
-class PackedRecords:
-    """The records of a packed split, as a read-only sequence that reads lazily.
+def _write_shard(records, path: str) -> None:
+    """One TFRecord file of `records` with their image files' bytes, written atomically."""
+    import tensorflow as tf
 
-    ``len`` and the box table come from the index; iterating or indexing parses the
-    TFRecord files once (image bytes are read but not kept) and caches the records.
-    Record i is the i-th example in the order of the files, then within each file.
+    with atomic_path(path, suffix=".tfrecord") as tmp:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in records:
+                with open(record.path, "rb") as f:
+                    writer.write(_example(record, f.read()).SerializeToString())
+
+
+class PackedRecords:
+    """`Records` of a packed split: a read-only sequence that reads lazily.
+
+    ``len``, the image ids and the box table come from the index files; iterating or
+    indexing parses the TFRecord files once (image bytes are read but not kept) and caches
+    the records. Record i is the i-th example in the order of the files, then within each
+    file.
     """
 
     def __init__(self, folder: str, index: dict):
@@ -159,6 +161,10 @@ class PackedRecords:
         self.index = index
         self.files = [os.path.join(folder, name) for name in index["files"]]
         self._records: list[Record] | None = None
+
+    @property
+    def packed(self) -> bool:
+        return True
 
     def __len__(self) -> int:
         return int(self.index["count"])
@@ -184,14 +190,21 @@ class PackedRecords:
     def __iter__(self):
         return iter(self._all())
 
-    def read_images(self, wanted) -> dict:
-        """{i: decoded RGB image} for the record indices in `wanted`, in one pass over the
-        shards (stops once all are found)."""
+    def image_ids(self) -> np.ndarray:
+        """int64 (N,), from the index (parsed from the shards for a pack without them)."""
+        ids = self.index.get("image_ids")
+        if ids is None:  # packed before the index held them
+            ids = [r.image_id for r in self]
+        return np.asarray(ids, np.int64)
+
+    def read_images(self, indices) -> dict[int, np.ndarray]:
+        """{i: decoded RGB image} for the record `indices`, in one pass over the shards
+        (stops once all are found)."""
         import tensorflow as tf
 
-        from detector.data.augment import decode_image
-
-        wanted, found = set(int(i) for i in wanted), {}
+        wanted, found = set(int(i) for i in indices), {}
+        if not wanted:
+            return found
         ds = tf.data.TFRecordDataset(self.files).map(lambda s: parse_example(s)["image"])
         for i, data in enumerate(ds.as_numpy_iterator()):
             if i in wanted:
@@ -201,7 +214,8 @@ class PackedRecords:
         return found
 
     def box_table(self) -> np.ndarray:
-        """(K, 4): width, height of every box and width, height of its image, pixels."""
+        """float32 (K, 4): width, height of every box and width, height of its image,
+        pixels, as saved at packing time."""
         return np.load(os.path.join(self.folder, f"{self.index['split']}_boxes.npy"))
 
 
@@ -217,16 +231,19 @@ def load_packed(folder: str, split: str, spec_path: str) -> Dataset:
     except ValueError as error:
         raise ValueError(f"{index_path}: not a valid packed index: {error}") from None
     if index.get("version") != INDEX_VERSION:
-        raise ValueError(f"{index_path}: packed index version {index.get('version')!r}; this "
-                         f"version reads {INDEX_VERSION} (pack the dataset again)")  # fmt: skip
+        raise ValueError(
+            f"{index_path}: packed index version {index.get('version')!r}; this "
+            f"version reads {INDEX_VERSION} (pack the dataset again)"
+        )
     need = ("split", "count", "files", "file_counts", "names", "category_ids")
     lacking = [key for key in need if key not in index]
     if lacking:
         raise ValueError(f"{index_path}: packed index without {lacking} (pack the dataset again)")
     for name in (f"{split}_boxes.npy", f"{split}_gt.json"):
         if not os.path.isfile(os.path.join(folder, name)):
-            raise ValueError(f"{index_path}: {os.path.join(folder, name)} is missing "
-                             "(pack the dataset again)")  # fmt: skip
+            raise ValueError(
+                f"{index_path}: {os.path.join(folder, name)} is missing (pack the dataset again)"
+            )
     records = PackedRecords(folder, index)
     missing = [p for p in records.files if not os.path.isfile(p)]
     if missing:
@@ -234,9 +251,12 @@ def load_packed(folder: str, split: str, spec_path: str) -> Dataset:
     problems = Problems(index.get("problems", {}))
     problems.examples = index.get("problem_examples", {})
     return Dataset(
-        records, index["names"], index["category_ids"],
-        os.path.join(folder, f"{split}_gt.json"), problems,
-    )  # fmt: skip
+        records,
+        index["names"],
+        index["category_ids"],
+        os.path.join(folder, f"{split}_gt.json"),
+        problems,
+    )
 
 
 def make_packed_stream(records: PackedRecords, seed: int, start: int, shard=(1, 0)):
@@ -244,8 +264,9 @@ def make_packed_stream(records: PackedRecords, seed: int, start: int, shard=(1, 
 
     Pass k reads this pipeline's shard files in an order drawn from (seed, k), interleaved
     in parallel, and permutes each block of `SHUFFLE_BLOCK` examples by a permutation
-    drawn from (seed, k, block): the stream is a function of the seed, and ``start`` (elements already consumed, e.g. by a resumed run) starts
-    it in the right pass, skipping (reading, not decoding) at most one pass.
+    drawn from (seed, k, block): the stream is a function of the seed, and ``start``
+    (elements already consumed, e.g. by a resumed run) starts it in the right pass,
+    skipping (reading, not decoding) at most one pass.
 
     ``shard`` = (count, index) splits the data between input pipelines: with at least
     `count` files, pipeline `index` reads files index, index + count, ... (by file; its
@@ -268,9 +289,12 @@ def make_packed_stream(records: PackedRecords, seed: int, start: int, shard=(1, 
         order = tf.random.experimental.stateless_shuffle(tf.range(len(files)), seeds)
         ds = tf.data.Dataset.from_tensor_slices(tf.gather(names, order))
         ds = ds.interleave(
-            tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-        )  # fmt: skip
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 16),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
         # Shuffled in blocks with a stateless permutation of each (seed, pass, block): a
         # seeded ds.shuffle cannot take a per-pass seed tensor once a global seed is set.
         def permute(j, block):

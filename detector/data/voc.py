@@ -34,7 +34,9 @@ def voc_class_names(annotation_dirs: list[str]) -> list[str]:
         for path in _list_xml(folder):
             root = _parse(path)
             if root is not None:
-                names.update(n.strip() for n in (o.findtext("name") for o in root.iter("object")) if n)
+                names.update(
+                    n.strip() for n in (o.findtext("name") for o in root.iter("object")) if n
+                )
     return sorted(names)
 
 
@@ -49,16 +51,39 @@ def read_voc(images_dir: str, annotations_dir: str, names: list[str]) -> Dataset
     images_dir, annotations_dir = os.path.abspath(images_dir), os.path.abspath(annotations_dir)
     problems = Problems()
     files = list_images(images_dir)
-    image_ids = {rel: i for i, rel in enumerate(files, start=1)}
-    by_stem = {os.path.splitext(rel)[0]: rel for rel in files}
-    class_index = {name: i for i, name in enumerate(names)}
+    annotated, broken = _match_xml(files, annotations_dir, problems)
+    image_ids = {rel: i for i, rel in enumerate(files, start=1) if rel not in broken}
+    images, rows = _objects(image_ids, images_dir, annotated, names, problems)
+    image_index = np.asarray([r[0] for r in rows], np.int64)
+    classes = np.asarray([r[1] for r in rows], np.int64)
+    xyxy = np.asarray([r[2] for r in rows], np.float64).reshape(-1, 4)
+    difficult = np.asarray([r[3] for r in rows], bool)
+    sizes = np.asarray([info[2] for info in images], np.float64).reshape(-1, 2)
+    limits = sizes[image_index][:, [1, 0, 1, 0]]
+    keep, clipped = clean_boxes(xyxy, classes >= 0, limits, problems, [r[4] for r in rows])
+    records = build_records(
+        images, image_index[keep], clipped[keep], classes[keep], difficult[keep]
+    )
+    return Dataset(
+        records=records,
+        names=list(names),
+        category_ids=list(range(1, len(names) + 1)),
+        annotation_file=None,
+        problems=problems,
+    )
 
+
+def _match_xml(files: list[str], annotations_dir: str, problems: Problems):
+    """Each parsed xml's image: ({image path relative to the images folder: (xml path,
+    xml root)}, {images whose xml does not parse})."""
+    known = set(files)
+    by_stem = {os.path.splitext(rel)[0]: rel for rel in files}
     annotated, broken = {}, set()
     for xml_path in _list_xml(annotations_dir):
         root = _parse(xml_path)
         rel_stem = os.path.splitext(os.path.relpath(xml_path, annotations_dir))[0]
         filename = (root.findtext("filename") or "").strip() if root is not None else ""
-        rel = filename if filename in image_ids else by_stem.get(rel_stem)
+        rel = filename if filename in known else by_stem.get(rel_stem)
         if rel is None:
             rel = by_stem.get(os.path.splitext(filename)[0]) if filename else None
         if root is None:
@@ -70,49 +95,34 @@ def read_voc(images_dir: str, annotations_dir: str, names: list[str]) -> Dataset
             problems.add("image_missing", f"{xml_path}: image {filename or rel_stem} not found")
             continue
         annotated[rel] = (xml_path, root)
+    return annotated, broken
 
-    records_info, rows = [], []
-    for rel in files:
-        if rel in broken:
-            continue
+
+def _objects(image_ids: dict, images_dir: str, annotated: dict, names: list[str], problems):
+    """The images (relative path -> image id) with a known size, as `build_records` takes
+    them, and one row per well-formed object: (position in those images, class index or
+    -1, xyxy, difficult, where)."""
+    class_index = {name: i for i, name in enumerate(names)}
+    images, rows = [], []
+    for rel, image_id in image_ids.items():
         path = os.path.join(images_dir, rel)
         xml_path, root = annotated.get(rel, (None, None))
-        size = _xml_size(root) if root is not None else None
-        if size is None:
-            size = image_size(path)
+        size = (_xml_size(root) if root is not None else None) or image_size(path)
         if size is None:
             fatal, _, _ = inspect_image(path)
             problems.add(fatal or "image_unreadable", path)
             continue
-        index = len(records_info)
-        records_info.append((image_ids[rel], path, size))
-        if root is not None:
-            for obj_no, obj in enumerate(root.iter("object")):
-                parsed = _object(obj)
-                where = f"{xml_path}: object {obj_no}"
-                if parsed is None:
-                    problems.add("annotation_malformed", f"{where}: missing name or bndbox")
-                    continue
-                name, box, difficult = parsed
-                rows.append((index, class_index.get(name, -1), box, difficult, f"{where} ({name})"))
-
-    image_index = np.asarray([r[0] for r in rows], np.int64)
-    classes = np.asarray([r[1] for r in rows], np.int64)
-    xyxy = np.asarray([r[2] for r in rows], np.float64).reshape(-1, 4)
-    difficult = np.asarray([r[3] for r in rows], bool)
-    sizes = np.asarray([info[2] for info in records_info], np.float64).reshape(-1, 2)
-    limits = sizes[image_index][:, [1, 0, 1, 0]]
-    keep, clipped = clean_boxes(xyxy, classes >= 0, limits, problems, [r[4] for r in rows])
-    records = build_records(
-        records_info, image_index[keep], clipped[keep], classes[keep], difficult[keep]
-    )
-    return Dataset(
-        records=records,
-        names=list(names),
-        category_ids=list(range(1, len(names) + 1)),
-        annotation_file=None,
-        problems=problems,
-    )
+        images.append((image_id, path, size))
+        for obj_no, obj in enumerate(root.iter("object") if root is not None else []):
+            parsed = _object(obj)
+            where = f"{xml_path}: object {obj_no}"
+            if parsed is None:
+                problems.add("annotation_malformed", f"{where}: missing name or bndbox")
+                continue
+            name, box, difficult = parsed
+            row = (len(images) - 1, class_index.get(name, -1), box, difficult, f"{where} ({name})")
+            rows.append(row)
+    return images, rows
 
 
 def _list_xml(folder: str) -> list[str]:

@@ -35,8 +35,11 @@ def read_yolo(images_dir: str, labels_dir: str, names: list[str]) -> Dataset:
     stems = {os.path.splitext(f)[0] for f in files}
     for label in _list_labels(labels_dir):
         if os.path.splitext(label)[0] not in stems:
-            problems.add("image_missing", f"{os.path.join(labels_dir, label)}: no image "
-                         f"{os.path.splitext(label)[0]}.* in {images_dir}")  # fmt: skip
+            problems.add(
+                "image_missing",
+                f"{os.path.join(labels_dir, label)}: no image "
+                f"{os.path.splitext(label)[0]}.* in {images_dir}",
+            )
 
     records_info, rows = [], []
     for image_id, rel in enumerate(files, start=1):
@@ -75,7 +78,9 @@ def _list_labels(folder: str) -> list[str]:
     """Relative paths of the ``.txt`` files under `folder`."""
     found = []
     for root, _, files in os.walk(folder):
-        found += [os.path.relpath(os.path.join(root, f), folder) for f in files if f.endswith(".txt")]
+        found += [
+            os.path.relpath(os.path.join(root, f), folder) for f in files if f.endswith(".txt")
+        ]
     return found
 
 
@@ -91,7 +96,9 @@ def _read_labels(path: str, problems: Problems):
     except FileNotFoundError:
         return
     except (OSError, UnicodeDecodeError) as e:
-        problems.add("annotation_malformed", f"{path}: cannot read as text ({e.__class__.__name__})")
+        problems.add(
+            "annotation_malformed", f"{path}: cannot read as text ({e.__class__.__name__})"
+        )
         return
     for line_no, line in enumerate(lines, start=1):
         fields = line.split()

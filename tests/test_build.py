@@ -1,0 +1,125 @@
+"""The config boundary: the run's callbacks (membership, order, wiring) and the run plan,
+checked without training."""
+
+import dataclasses
+
+import keras
+import pytest
+import yaml
+
+from detector.build import RunPlan, make_callbacks
+from detector.callbacks import MetricsCSV, NonFiniteGuard
+from detector.checkpoints import BestCocoAP, SaveLast
+from detector.config import load_config
+from detector.data.spec import load_dataset
+from detector.distribute import ChiefOnly, Cluster, SyncStop
+from detector.schedule import LearningRateCallback, TimeBudget
+from detector.state import RunState
+from detector.training import prepare_run
+
+CLUSTERS = {
+    "single": Cluster("none", None),
+    "mirrored": Cluster("mirrored", None, num_replicas=2),
+    "chief": Cluster("multi_worker", None, num_replicas=2, num_workers=2, worker_index=0),
+    "worker": Cluster("multi_worker", None, num_replicas=2, num_workers=2, worker_index=1),
+}
+CHIEF_OWN = [BestCocoAP, SaveLast, MetricsCSV]
+HEAD = [NonFiniteGuard, LearningRateCallback, TimeBudget]
+TB = keras.callbacks.TensorBoard
+EXPECTED = {
+    "single": [*HEAD, *CHIEF_OWN, TB, RunState],
+    "mirrored": [*HEAD, *CHIEF_OWN, TB, RunState],
+    "chief": [*HEAD, ChiefOnly, TB, SyncStop, RunState],
+    "worker": [*HEAD, TB, SyncStop, RunState],
+}
+
+
+def callbacks_for(kind, tmp_path, overrides=(), resume=False):
+    cfg = load_config(overrides=list(overrides))
+    write_dir = tmp_path / ("scratch" if kind == "worker" else "run")
+    plan = RunPlan(
+        cfg,
+        str(tmp_path / "run"),
+        str(write_dir),
+        [[1, 1]],
+        steps=10,
+        lr=0.01,
+        resume=resume,
+        best_ap=0.25,
+    )
+    # The evaluation copy is built lazily, so no model or data is needed to wire the list.
+    out = make_callbacks(
+        cfg, plan=plan, cluster=CLUSTERS[kind], inference=None, val=None, coco_gt=None, start=0.0
+    )
+    return out, plan
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_callbacks_membership_and_order(kind, tmp_path):
+    out, plan = callbacks_for(kind, tmp_path)
+    assert [type(c) for c in out.callbacks] == EXPECTED[kind]
+    assert out.budget is out.callbacks[2] and out.callbacks[1].budget is out.budget
+    assert (out.budget.sync is not None) == (kind in ("chief", "worker"))
+    assert (out.sync_stop is not None) == (kind in ("chief", "worker"))
+    state = out.callbacks[-1]
+    assert state.run_dir == plan.run_dir and state.backup_dir.startswith(plan.write_dir)
+    tensorboard = next(c for c in out.callbacks if isinstance(c, TB))
+    assert tensorboard.log_dir.startswith(plan.write_dir)
+
+
+@pytest.mark.parametrize("kind", ["single", "chief"])
+def test_best_and_last_share_one_evaluation_copy(kind, tmp_path):
+    out, plan = callbacks_for(kind, tmp_path)
+    own = out.chief_only.callbacks if out.chief_only else out.callbacks[3:6]
+    assert [type(c) for c in own] == CHIEF_OWN
+    best, last, csv = own
+    assert best is out.best and best.eval_copy is last.eval_copy
+    assert best.best_ap == plan.best_ap
+    assert csv.columns[:3] == ["epoch", "lr", "loss"] and "AP" in csv.columns
+
+
+def test_worker_state_extras_and_chief_failure(tmp_path):
+    out, _ = callbacks_for("worker", tmp_path)
+    assert out.best is None and out.state_extras()["best_ap"] == -1.0
+    assert not out.chief_failed()
+    chief, _ = callbacks_for("chief", tmp_path)
+    assert chief.state_extras()["best_ap"] == 0.25
+    chief.chief_only.error = RuntimeError("boom")
+    assert chief.chief_failed()
+
+
+def test_schedule_is_wired_from_the_plan(tmp_path):
+    overrides = [
+        "train.schedule=steps",
+        "train.steps=[2.5]",
+        "train.epochs=4",
+        "train.warmup_epochs=1",
+        "train.step_factor=0.5",
+    ]
+    out, plan = callbacks_for("single", tmp_path, overrides, resume=True)
+    lr = out.callbacks[1]
+    assert lr.lr_at(9) == pytest.approx(plan.lr)  # burn-in is 1 epoch = 10 steps
+    assert lr.lr_at(24) == pytest.approx(plan.lr)
+    assert lr.lr_at(25) == pytest.approx(plan.lr * 0.5)  # epoch 2.5 = step 25
+    assert out.callbacks[-1].restore
+
+
+def test_prepare_run_leaves_the_config_alone(tiny_spec, tmp_path):
+    cfg = load_config(
+        overrides=[
+            f"data.spec={tiny_spec}",
+            f"train.run_dir={tmp_path / 'r'}",
+            "model.input_size=64",
+            "data.batch_size=4",
+        ]
+    )
+    before = dataclasses.asdict(cfg)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "x").write_text("used")
+    plan = prepare_run(cfg, False, CLUSTERS["single"], load_dataset(str(tiny_spec), "train"))
+    assert dataclasses.asdict(cfg) == before and cfg.model.anchors == "auto"
+    assert plan.run_dir == f"{tmp_path / 'r'}-2" and plan.steps == 24 // 4
+    assert len(plan.anchors) == cfg.model.num_anchors
+    saved = yaml.safe_load((tmp_path / "r-2" / "config.yaml").read_text())
+    assert saved["model"]["anchors"] == plan.anchors
+    assert saved["train"]["run_dir"] == plan.run_dir

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+from keras import ops
+
+from detector.postprocess import decode, nms
+
+# Two anchors in one cell, same centre: boxes 0.5 and 0.6 wide on a 2x2 grid overlap
+# with IoU 0.5² / 0.6² ≈ 0.69, above NMS's 0.45.
+ANCHORS = [[1.0, 1.0], [1.2, 1.2]]
+CERTAIN = 30.0  # a logit whose sigmoid / softmax share is 1 in float32
+
+
+def logit(p):
+    return float(np.log(p / (1 - p)))
+
+
+def raw_grid(predictions, batch=1):
+    """A (B, 2, 2, 2, 5 + 2) raw tensor where every predictor scores ~0 except
+    ``predictions``: ((image, row, col, anchor), objectness probability, class)."""
+    raw = np.zeros((batch, 2, 2, len(ANCHORS), 7), np.float32)
+    raw[..., 4] = -CERTAIN
+    for index, score, cls in predictions:
+        raw[index + (4,)] = logit(score)
+        raw[index + (5 + cls,)] = CERTAIN
+    return raw
+
+
+def numpy(outputs):
+    return [ops.convert_to_numpy(o) for o in outputs]
+
+
+def test_decode_hand_computed_boxes_scores_and_order():
+    raw = raw_grid([((0, 1, 0, 1), 0.9, 1)])
+    boxes, scores = numpy(decode(raw, ANCHORS))
+    assert boxes.shape == (1, 8, 4) and scores.shape == (1, 8, 2)
+    index = (1 * 2 + 0) * 2 + 1  # (row, col, anchor) flattened row-major
+    # cell (row 1, col 0): centre (0.25, 0.75); anchor 1.2 cells of 2 -> 0.6 wide.
+    np.testing.assert_allclose(boxes[0, index], [-0.05, 0.45, 0.55, 1.05], atol=1e-6)
+    np.testing.assert_allclose(scores[0, index], [0.0, 0.9], atol=1e-6)
+    np.testing.assert_allclose(np.delete(scores[0], index, axis=0), 0.0, atol=1e-12)
+
+
+def test_nms_overlapping_same_class_keeps_the_higher_score():
+    raw = raw_grid([((0, 1, 0, 0), 0.6, 0), ((0, 1, 0, 1), 0.9, 0)])
+    boxes, scores, classes, valid = numpy(nms(*decode(raw, ANCHORS)))
+    assert valid.tolist() == [1]
+    np.testing.assert_allclose(scores[0, 0], 0.9, atol=1e-6)
+    np.testing.assert_allclose(boxes[0, 0], [-0.05, 0.45, 0.55, 1.05], atol=1e-6)
+    assert classes[0, 0] == 0
+
+
+def test_nms_keeps_overlapping_boxes_of_different_classes_per_image():
+    same = [((0, 1, 0, 0), 0.6, 0), ((0, 1, 0, 1), 0.9, 0)]
+    different = [((1, 1, 0, 0), 0.6, 0), ((1, 1, 0, 1), 0.9, 1)]
+    raw = raw_grid(same + different, batch=2)
+    boxes, scores, classes, valid = numpy(nms(*decode(raw, ANCHORS)))
+    assert valid.tolist() == [1, 2]
+    np.testing.assert_allclose(scores[1, :2], [0.9, 0.6], atol=1e-6)
+    assert classes[1, :2].tolist() == [1, 0]
+    np.testing.assert_allclose(boxes[1, 1], [0.0, 0.5, 0.5, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("threshold, kept", [(0.5, [0.9, 0.6]), (0.7, [0.9]), (0.95, [])])
+def test_nms_score_threshold_respected(threshold, kept):
+    raw = raw_grid([((0, 0, 1, 0), 0.6, 0), ((0, 1, 0, 1), 0.9, 1)])
+    _, scores, _, valid = numpy(nms(*decode(raw, ANCHORS), score_threshold=threshold))
+    assert valid.tolist() == [len(kept)]
+    np.testing.assert_allclose(scores[0, : len(kept)], kept, atol=1e-6)
+    assert (scores[0, len(kept) :] == 0).all()
+
+
+def test_nms_max_detections_caps_the_output():
+    raw = raw_grid([((0, r, c, 0), 0.5 + 0.1 * (2 * r + c), 0) for r in (0, 1) for c in (0, 1)])
+    _, scores, _, valid = numpy(nms(*decode(raw, ANCHORS), max_detections=3))
+    assert scores.shape == (1, 3) and valid.tolist() == [3]
+    np.testing.assert_allclose(scores[0], [0.8, 0.7, 0.6], atol=1e-6)
