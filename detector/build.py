@@ -65,7 +65,7 @@ def choose_anchors(model: ModelConfig, train: Dataset, *, seed: int, letterbox: 
     anchors = kmeans_anchors(wh, model.num_anchors, seed=seed)
     fit = mean_best_iou(wh, anchors)
     print(
-        f"anchors (k-means, grid cells): {np.round(anchors, 3).tolist()}, mean best IoU {fit:.3f}"
+        f"anchors (k-means, grid cells): {np.round(anchors.astype(np.float64), 3).tolist()}, mean best IoU {fit:.3f}"
     )
     return anchors.tolist()
 
