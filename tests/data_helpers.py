@@ -69,7 +69,13 @@ def write_all_formats(root: str, count: int = 6, seed: int = 0) -> dict[str, str
     {format: spec path} (train and val are the same folder)."""
     images = os.path.join(root, "images")
     records = make_records(images, count, seed)
-    dataset = Dataset(records, list(NAMES), [1, 2, 3], None)
+    return write_specs(root, Dataset(records, list(NAMES), [1, 2, 3], None))
+
+
+def write_specs(root: str, dataset: Dataset) -> dict[str, str]:
+    """`dataset` (its images under `root`/images) written as coco, voc and yolo
+    annotations with a spec for each; returns {format: spec path} (train = val)."""
+    images = os.path.join(root, "images")
     write_coco(dataset, images, os.path.join(root, "coco.json"))
     write_voc(dataset, images, os.path.join(root, "xml"))
     write_yolo(dataset, images, os.path.join(root, "labels"))
@@ -80,9 +86,7 @@ def write_all_formats(root: str, count: int = 6, seed: int = 0) -> dict[str, str
     }
     specs = {}
     for fmt, split in splits.items():
-        spec = {"format": fmt, "train": split, "val": split}
-        if fmt != "coco":
-            spec["names"] = list(NAMES)
+        spec = {"format": fmt, "names": list(dataset.names), "train": split, "val": split}
         specs[fmt] = os.path.join(root, f"{fmt}.yaml")
         with open(specs[fmt], "w") as f:
             yaml.safe_dump(spec, f)

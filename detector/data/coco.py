@@ -4,13 +4,15 @@
 as an `instances` dict; `ground_truth` is the pycocotools ground truth that evaluation
 scores against (the published json where there is one).
 
-Reading: only the json is read (image sizes come from its `images` entries; no image is
-opened). Category ids, sorted ascending, map to contiguous class indices 0..C-1. A json
-that does not parse, or whose `categories` are unusable, is an error naming the file;
-otherwise the policy of `detector.data.policy` applies: a malformed `images` or
-`annotations` entry is skipped (`annotation_malformed`), an annotation of an unknown image
-id is dropped, and boxes go through `clean_boxes`. `iscrowd=1` annotations become the
-record's ignore regions. Images without annotations are kept as negatives.
+Reading: only the json is read (image sizes come from its `images` entries, by COCO's
+convention the size as displayed, EXIF orientation applied; no image is opened here, and
+a real size that differs is counted and rescaled, see `detector.data.policy`). Category
+ids, sorted ascending, map to contiguous class indices 0..C-1. A json that does not
+parse, or whose `categories` are unusable, is an error naming the file; otherwise the
+policy of `detector.data.policy` applies: a malformed `images` or `annotations` entry is
+skipped (`annotation_malformed`), an annotation of an unknown image id is dropped, and
+boxes go through `clean_boxes`. `iscrowd=1` annotations become the record's ignore
+regions. Images without annotations are kept as negatives.
 """
 
 import contextlib
@@ -160,7 +162,11 @@ def _images(
             and image["id"] not in seen
         )
         if not ok:
-            problems.add("annotation_malformed", f"{path}: images[{i}]: {str(image)[:80]}")
+            problems.add(
+                "annotation_malformed",
+                f"{path}: images[{i}]: expected a new int id, file_name and positive "
+                "width and height",
+            )
             continue
         seen.add(image["id"])
         ids.append(image["id"])
@@ -193,7 +199,11 @@ def _annotations(data: dict[str, Any], path: str, problems: Problems):
             and all(_is_number(v) for v in bbox)
         )
         if not ok:
-            problems.add("annotation_malformed", f"{path}: annotations[{i}]: {str(ann)[:80]}")
+            problems.add(
+                "annotation_malformed",
+                f"{path}: annotations[{i}]: expected int image_id and category_id and a "
+                "bbox of 4 numbers",
+            )
             continue
         rows.append((i, ann["image_id"], ann["category_id"], bbox, bool(ann.get("iscrowd", 0))))
     return (

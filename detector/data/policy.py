@@ -10,8 +10,10 @@ under one of the reasons of `detector.data.records.PROBLEM_REASONS`:
   partly outside -> clipped to the image and kept;
 - images: missing file, not an image, undecodable, or truncated -> the image is skipped;
   grayscale, with an alpha channel, or 16 bits per channel -> converted to 8-bit RGB when
-  read, kept; a size that differs from the annotation's -> the boxes are rescaled to the
-  real image when it is read (`detector.data.augment.prepare_example`), kept;
+  read, kept; an EXIF orientation other than 1 -> applied, the labels are read on the
+  displayed image (`detector.data.files`), kept; a displayed size that differs from the
+  annotation's -> the boxes are rescaled to the real image when it is read
+  (`detector.data.augment.prepare_example`), kept;
 - annotation entries, lines or files that do not parse -> skipped, everything valid
   around them is kept (each reader counts these as `annotation_malformed`);
 - images without objects are kept as negatives (not a problem).
@@ -24,6 +26,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
+from detector.data.files import decode_oriented
 from detector.data.records import Dataset, Problems, Record
 
 # Pixels a box may stick out of its image before it counts as clipped: normalised
@@ -140,9 +143,10 @@ def inspect_image(path: str) -> tuple[str | None, list[str], tuple[int, int] | N
     """Opens one image the way training will and says what is wrong with it.
 
     Returns:
-        (fatal reason or None, conversion reasons, (height, width) or None). A fatal
-        reason is one of image_missing, image_not_an_image, image_unreadable,
-        image_truncated; conversions are among image_grayscale, image_rgba, image_16bit.
+        (fatal reason or None, conversion reasons, (height, width) as displayed or None).
+        A fatal reason is one of image_missing, image_not_an_image, image_unreadable,
+        image_truncated; conversions are among image_exif_rotated, image_grayscale,
+        image_rgba, image_16bit.
     """
     try:
         with open(path, "rb") as f:
@@ -158,13 +162,10 @@ def inspect_image(path: str) -> tuple[str | None, list[str], tuple[int, int] | N
         return "image_truncated", [], None
     if kind == "png" and b"IEND" not in data[-64:]:
         return "image_truncated", [], None
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        image = None
-    if image is None or image.size == 0:
+    image, orientation = decode_oriented(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
         return "image_unreadable", [], None
-    conversions = []
+    conversions = [] if orientation == 1 else ["image_exif_rotated"]
     if image.ndim == 2 or image.shape[2] == 1:
         conversions.append("image_grayscale")
     elif image.shape[2] == 4:
@@ -192,9 +193,14 @@ def check_images(dataset: Dataset, threads: int | None = None) -> Dataset:
         for reason in conversions:
             problems.add(reason, record.path)
         if size != (record.height, record.width):
-            problems.add(
-                "image_size_mismatch",
-                f"{record.path}: {size[0]}x{size[1]} px, annotated {record.height}x{record.width}",
-            )
+            problems.add("image_size_mismatch", _mismatch(record, size, conversions))
         kept.append(record)
     return replace(dataset, records=kept, problems=problems)
+
+
+def _mismatch(record: Record, size: tuple[int, int], conversions: list[str]) -> str:
+    """The example of an image whose displayed size is not its annotation's."""
+    text = f"{record.path}: {size[0]}x{size[1]} px, annotated {record.height}x{record.width}"
+    if "image_exif_rotated" in conversions and size == (record.width, record.height):
+        text += " (the size before its EXIF rotation: annotated on the stored image?)"
+    return text

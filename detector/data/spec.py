@@ -1,24 +1,31 @@
-"""Dataset spec files (YAML) and `load_dataset`, the one entry point from a spec to records.
+"""Dataset spec files and `load_dataset`, the one entry point from a spec to records.
 
-A spec names the format and, per split, where the data is; relative paths are resolved
-against the spec file's folder:
+Three forms of spec file are accepted, each read into the same checked spec:
 
-    format: coco                 # coco | voc | yolo | synthetic | tfrecord
-    names: [cat, dog]            # optional; overrides the annotation file's names
-    train: {images: images/train, annotations: annotations/train.json}
-    val: {images: images/val, annotations: annotations/val.json}
+- ours (YAML): the format and, per split, where the data is; relative paths are resolved
+  against the spec file's folder:
 
-Per format, a split is `{images: DIR, annotations: FILE.json}` (coco),
-`{images: DIR, annotations: DIR_OF_XML}` (voc) or `{images: DIR, labels: DIR_OF_TXT}`
-(yolo). `names:` is optional for coco (the json has them) and voc (default: every object
-name found in the spec's xml folders, sorted), and required for yolo, either as a list
-or as the path of an Ultralytics dataset YAML whose `names:` is a list or an
-`{index: name}` map. `format: tfrecord` is a packed dataset (`detector.data.tfrecord`,
-written by `python -m detector.data pack`): a split is `{packed: DIR}`, the folder with
-the split's index and TFRecord shards.
+      format: coco                 # coco | voc | yolo | synthetic | tfrecord
+      names: [cat, dog]            # optional; overrides the annotation file's names
+      train: {images: images/train, annotations: annotations/train.json}
+      val: {images: images/val, annotations: annotations/val.json}
+      test: {images: images/test, annotations: annotations/test.json}   # optional
 
-`load_dataset` opens every image once (`detector.data.policy.check_images`) unless told
-not to, so that unusable images are counted and dropped before training starts.
+  Per format, a split is `{images: DIR, annotations: FILE.json}` (coco),
+  `{images: DIR, annotations: DIR_OF_XML, ids: FILE}` (voc; `ids`, optional, is a VOC
+  ``ImageSets/Main/*.txt`` file of image names that restricts the split) or
+  `{images: DIR, labels: DIR_OF_TXT}` (yolo). `names:` is optional for coco (the json has
+  them) and voc (default: every object name found in the spec's xml folders, sorted), and
+  required for yolo, either as a list or as the path of an Ultralytics dataset YAML whose
+  `names:` is a list or an `{index: name}` map. `format: tfrecord` is a packed dataset
+  (`detector.data.tfrecord`, written by `python -m detector.data pack`): a split is
+  `{packed: DIR}`, the folder with the split's index and TFRecord shards;
+- an Ultralytics dataset YAML, as is (`detector.data.ultralytics`);
+- a darknet ``obj.data`` file, as is (`detector.data.darknet_data`).
+
+The splits are train, val and test. `load_dataset` opens every image once
+(`detector.data.policy.check_images`) unless told not to, so that unusable images are
+counted and dropped before training starts.
 
 `format: synthetic` is COCO data that `detector.data.synthetic` generates on first use into
 the paths given, from an extra mapping (defaults shown):
@@ -27,24 +34,32 @@ the paths given, from an extra mapping (defaults shown):
                 classes: [circle, rectangle, triangle, ellipse]}
 """
 
-import difflib
 import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import yaml
-
 from detector.data.coco import read_coco
+from detector.data.darknet_data import darknet_spec, is_darknet_data
+from detector.data.image_lists import read_list_split
 from detector.data.policy import check_images as check_dataset_images
 from detector.data.records import Dataset
+from detector.data.spec_checks import (
+    SPLITS,
+    class_names,
+    mapping,
+    parse_yaml,
+    read_text,
+    read_yaml,
+    reject_unknown,
+)
 from detector.data.synthetic import MIN_IMAGE_SIZE, SHAPES, Style, write_split
 from detector.data.tfrecord import load_packed
+from detector.data.ultralytics import is_ultralytics, ultralytics_spec
 from detector.data.voc import read_voc, voc_class_names
 from detector.data.yolo import read_yolo
 
-SPLITS = ("train", "val")
 SPEC_KEYS = ("format", "names", "synthetic", *SPLITS)
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -65,31 +80,47 @@ STYLE_RANGES = {"min_side": (2.0, 10_000.0), "max_side": (2.0, 10_000.0), "clutt
 
 
 def load_spec(path: str) -> dict[str, Any]:
-    """Read and check a dataset spec.
+    """Read and check a dataset spec: ours, an Ultralytics dataset YAML or a darknet
+    ``obj.data`` (see the module docstring).
 
     Returns:
-        {"path": absolute spec path, "format": str, "names": list[str] | None,
-         "train"/"val": {key: absolute path} for the splits present,
+        {"path": absolute spec path, "format": str, "layout": "spec" | "ultralytics" |
+         "darknet", "names": list[str] | None, one entry per split present:
+         {key: absolute path} for ours, {"images": the folder holding the split's images,
+         "sources": folders and list files, "root": dataset root} for the others,
          "synthetic": the generator's parameters (format synthetic only)}.
     """
     path = os.path.abspath(path)
-    raw = _read_yaml(path)
-    _reject_unknown(raw, SPEC_KEYS, path, "")
+    text = read_text(path)
+    if is_darknet_data(text, path):
+        return darknet_spec(text, path)
+    raw = parse_yaml(text, path)
+    if is_ultralytics(raw):
+        return ultralytics_spec(raw, path)
+    reject_unknown(raw, SPEC_KEYS, path, "")
     fmt = raw.get("format")
     if not isinstance(fmt, str) or fmt not in READERS:
         got = "missing" if fmt is None else f"unknown format {fmt!r}"
         raise ValueError(f"{path}: format: {got}; expected one of {sorted(READERS)}")
-    spec: dict[str, Any] = {"path": path, "format": fmt, "names": _names(raw, path)}
+    spec: dict[str, Any] = {
+        "path": path,
+        "format": fmt,
+        "layout": "spec",
+        "names": _names(raw, path),
+    }
     if fmt == "yolo" and spec["names"] is None:
         raise ValueError(
             f"{path}: names: required for format yolo (a list, or the path of "
             "a dataset YAML with names:)"
         )
     splits = [s for s in SPLITS if s in raw]
+    if fmt == "synthetic" and "test" in raw:
+        raise ValueError(f"{path}: test: format synthetic makes train and val only")
     if not splits:
         raise ValueError(f"{path}: train: missing (a spec needs train: and/or val:)")
     for split in splits:
-        spec[split] = _split_paths(raw[split], SPLIT_KEYS[fmt], path, split)
+        keys = (SPLIT_KEYS[fmt], OPTIONAL_KEYS.get(fmt, ()))
+        spec[split] = _split_paths(raw[split], keys, path, split)
     if fmt == "synthetic":
         spec["synthetic"] = _synthetic_params(raw.get("synthetic", {}), path)
     elif "synthetic" in raw:
@@ -102,7 +133,7 @@ def load_dataset(spec_path: str, split: str, check_images: bool = True) -> Datas
 
     Args:
         spec_path: str. Dataset spec YAML.
-        split: str. "train" or "val".
+        split: str. "train", "val" or "test".
         check_images: bool. Open every image once and drop the unusable ones (counted in
             `problems`). Defaults to True.
     """
@@ -181,11 +212,16 @@ def _read_voc(spec: dict[str, Any], split: str) -> Dataset:
         names = voc_class_names([f for f in folders if os.path.isdir(f)])
         if not names:
             raise ValueError(f"{spec['path']}: names: none given and no object in the xml files")
-    return read_voc(images, annotations, names)
+    ids = spec[split].get("ids")
+    if ids is not None and not os.path.isfile(ids):
+        raise ValueError(f"{spec['path']}: {split}.ids: file not found: {ids}")
+    return read_voc(images, annotations, names, ids)
 
 
 def _read_yolo(spec: dict[str, Any], split: str) -> Dataset:
     """YOLO txt reader on a checked split (`names` is required for this format)."""
+    if "sources" in spec[split]:  # an Ultralytics YAML or a darknet obj.data
+        return read_list_split(spec[split], spec["names"], f"{spec['path']}: {split}")
     images, labels = _folder(spec, split, "images"), spec[split]["labels"]
     if not os.path.isdir(labels):
         raise ValueError(f"{spec['path']}: {split}.labels: folder not found: {labels}")
@@ -247,35 +283,7 @@ SPLIT_KEYS: dict[str, tuple[str, ...]] = {
     "synthetic": ("images", "annotations"),
     "tfrecord": ("packed",),
 }
-
-
-def _read_yaml(path: str, what: str = "dataset spec") -> dict[str, Any]:
-    """The YAML file's top-level mapping, with errors that name the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: {what} not found") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
-    return _mapping(raw, path, "")
-
-
-def _mapping(value: Any, path: str, key: str) -> dict[str, Any]:
-    """`value` checked to be a mapping; `key` ("" = top level) names it in the error."""
-    if not isinstance(value, dict):
-        where = f"{key}: " if key else ""
-        raise ValueError(f"{path}: {where}expected a mapping, got {value!r}")
-    return value
-
-
-def _reject_unknown(raw: dict[str, Any], valid: tuple[str, ...], path: str, prefix: str) -> None:
-    """Raise on the first key of `raw` not in `valid`, naming the closest valid key."""
-    for key in raw:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {list(valid)}"
-            raise ValueError(f"{path}: {prefix}{key}: unknown key{hint}")
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {"voc": ("ids",)}
 
 
 def _names(raw: dict[str, Any], path: str) -> list[str] | None:
@@ -284,36 +292,27 @@ def _names(raw: dict[str, Any], path: str) -> list[str] | None:
     names = raw.get("names")
     if names is None:
         return None
-    where = "names"
     if isinstance(names, str):
         names_file = os.path.normpath(os.path.join(os.path.dirname(path), names))
         if not os.path.isfile(names_file):
             raise ValueError(f"{path}: names: names file not found: {names_file}")
-        names = _read_yaml(names_file, "names file").get("names")
-        path, where = names_file, "names"
-        if isinstance(names, dict):
-            keys = sorted(names) if all(isinstance(k, int) for k in names) else None
-            if keys != list(range(len(names))):
-                raise ValueError(f"{path}: names: map keys must be the indices 0..{len(names) - 1}")
-            names = [names[k] for k in keys]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(
-            f"{path}: {where}: expected a non-empty list of class names, got {names!r}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: {where}: duplicate class names in {names!r}")
-    return names
+        return class_names(read_yaml(names_file, "names file").get("names"), names_file)
+    return class_names(names, path)
 
 
-def _split_paths(raw: Any, keys: tuple[str, ...], path: str, split: str) -> dict[str, str]:
-    """A split's `keys`, each a path resolved against the spec's folder."""
-    raw = _mapping(raw, path, split)
-    _reject_unknown(raw, keys, path, f"{split}.")
+def _split_paths(
+    raw: Any, keys: tuple[tuple[str, ...], tuple[str, ...]], path: str, split: str
+) -> dict[str, str]:
+    """A split's required and optional keys, each a path resolved against the spec's
+    folder."""
+    required, optional = keys
+    raw = mapping(raw, path, split)
+    reject_unknown(raw, required + optional, path, f"{split}.")
     paths = {}
-    for key in keys:
+    for key in required + tuple(k for k in optional if k in raw):
         value = raw.get(key)
         if not isinstance(value, str) or not value:
-            got = "missing" if value is None else f"expected a path, got {value!r}"
+            got = "missing" if value is None else "expected a path"
             raise ValueError(f"{path}: {split}.{key}: {got}")
         paths[key] = os.path.normpath(os.path.join(os.path.dirname(path), value))
     return paths
@@ -321,8 +320,8 @@ def _split_paths(raw: Any, keys: tuple[str, ...], path: str, split: str) -> dict
 
 def _synthetic_params(raw: Any, path: str) -> dict[str, Any]:
     """The generator's parameters: `SYNTHETIC_DEFAULTS` updated with the checked `raw`."""
-    raw = _mapping(raw, path, "synthetic")
-    _reject_unknown(raw, tuple(SYNTHETIC_DEFAULTS), path, "synthetic.")
+    raw = mapping(raw, path, "synthetic")
+    reject_unknown(raw, tuple(SYNTHETIC_DEFAULTS), path, "synthetic.")
     params = {**SYNTHETIC_DEFAULTS, **raw}
     for key, minimum in SYNTHETIC_MINIMA.items():
         value = params[key]

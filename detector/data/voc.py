@@ -1,9 +1,11 @@
 """Pascal VOC xml -> `Dataset`.
 
-A split is an images folder and a folder of VOC xml files (searched recursively). An
-xml's image is its ``<filename>`` in the images folder, else the image with the xml's
-name. Image ids are 1-based positions in the sorted image listing; category ids are
-1..C in the order of the class names. Images without an xml are negatives.
+A split is an images folder and a folder of VOC xml files (searched recursively),
+optionally restricted to the names of a VOC image set file (``ImageSets/Main/train.txt``).
+An xml's image is its ``<filename>`` in the images folder, else the image with the xml's
+name; ``<size>`` is the image's size as displayed (EXIF orientation applied). Image ids
+are 1-based positions in the sorted image listing; category ids are 1..C in the order of
+the class names. Images without an xml are negatives.
 
 Coordinates: VOC's ``xmin..xmax`` are 1-based pixel indices, both ends included, so a
 box becomes ``x1 = xmin - 1, x2 = xmax`` in our continuous pixel coordinates (the
@@ -14,7 +16,7 @@ Bad input follows `detector.data.policy`: an xml that does not parse is skipped 
 image (`annotation_malformed`: its objects are unknown, so it is no negative either); an
 object without a name or with a malformed ``<bndbox>`` is skipped and the file's other
 objects are kept; an unknown class name drops the box; a missing or zero ``<size>`` is
-read from the image's header.
+read from the image's header (as displayed).
 """
 
 import os
@@ -40,18 +42,31 @@ def voc_class_names(annotation_dirs: list[str]) -> list[str]:
     return sorted(names)
 
 
-def read_voc(images_dir: str, annotations_dir: str, names: list[str]) -> Dataset:
+def read_voc(
+    images_dir: str, annotations_dir: str, names: list[str], image_set: str | None = None
+) -> Dataset:
     """Reads one split.
 
     Args:
         images_dir: str. Folder of images (searched recursively).
         annotations_dir: str. Folder of VOC xml files.
         names: list[str]. Class names; objects of other names are dropped.
+        image_set: str | None. A VOC ``ImageSets/Main/<split>.txt``: the split is the
+            images (and xml files) named in it, one name (file name without extension) a
+            line. Defaults to None: every image of `images_dir`.
     """
     images_dir, annotations_dir = os.path.abspath(images_dir), os.path.abspath(annotations_dir)
     problems = Problems()
     files = list_images(images_dir)
-    annotated, broken = _match_xml(files, annotations_dir, problems)
+    wanted = None
+    if image_set is not None:
+        wanted = read_image_set(image_set)
+        files = [f for f in files if _stem(f) in wanted]
+        missing = sorted(wanted - {_stem(f) for f in files})
+        for name in missing[:3]:
+            problems.add("image_missing", f"{image_set}: {name}: no image in {images_dir}")
+        problems.add("image_missing", None, len(missing) - min(len(missing), 3))
+    annotated, broken = _match_xml(files, annotations_dir, problems, wanted)
     image_ids = {rel: i for i, rel in enumerate(files, start=1) if rel not in broken}
     images, rows = _objects(image_ids, images_dir, annotated, names, problems)
     image_index = np.asarray([r[0] for r in rows], np.int64)
@@ -73,13 +88,33 @@ def read_voc(images_dir: str, annotations_dir: str, names: list[str]) -> Dataset
     )
 
 
-def _match_xml(files: list[str], annotations_dir: str, problems: Problems):
+def read_image_set(path: str) -> set[str]:
+    """The image names of a VOC image set file (the first word of each line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: image set file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the image set ({e.__class__.__name__})") from None
+    return {line.split()[0] for line in lines if line.strip()}
+
+
+def _stem(path: str) -> str:
+    """A file's name without folder and extension (VOC's image name)."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _match_xml(files: list[str], annotations_dir: str, problems: Problems, wanted=None):
     """Each parsed xml's image: ({image path relative to the images folder: (xml path,
-    xml root)}, {images whose xml does not parse})."""
+    xml root)}, {images whose xml does not parse}). `wanted`: the image names of an image
+    set, whose xml files alone are read; None: all."""
     known = set(files)
     by_stem = {os.path.splitext(rel)[0]: rel for rel in files}
     annotated, broken = {}, set()
     for xml_path in _list_xml(annotations_dir):
+        if wanted is not None and _stem(xml_path) not in wanted:
+            continue
         root = _parse(xml_path)
         rel_stem = os.path.splitext(os.path.relpath(xml_path, annotations_dir))[0]
         filename = (root.findtext("filename") or "").strip() if root is not None else ""

@@ -1,10 +1,15 @@
 """YOLO txt (Ultralytics / darknet layout) -> `Dataset`.
 
-A split is an images folder and a labels folder; the label of ``images/a/b.jpg`` is
-``labels/a/b.txt``. Each line is ``class cx cy w h`` normalised to the image (0..1), or an
-Ultralytics polygon ``class x1 y1 x2 y2 ...``, whose bounding box is used. An image without
-a label file, or with an empty one, is a negative. Image ids are 1-based positions in the
-sorted image listing; the dataset's category ids are the class indices themselves.
+A split is an images folder and a labels folder, the label of ``images/a/b.jpg`` being
+``labels/a/b.txt`` (`read_yolo`), or a list of (image, label file) pairs
+(`read_yolo_files`; Ultralytics and darknet lists, `detector.data.image_lists`). Each
+line is ``class cx cy w h`` normalised to the image as displayed (EXIF orientation
+applied, 0..1), optionally followed by a confidence that is ignored (``predict.py
+--save-txt`` writes ``class cx cy w h conf``), or an Ultralytics polygon ``class x1 y1 x2
+y2 ...`` (an odd count of at least 7 values), whose bounding box is used. An image
+without a label file, or with an empty one, is a negative. Image ids are 1-based
+positions in the sorted image listing (in the pairs' order); the dataset's category ids
+are the class indices themselves.
 
 Bad input follows `detector.data.policy`: a line that does not parse is skipped
 (`annotation_malformed`) and the file's other lines are kept; a class index outside
@@ -22,7 +27,7 @@ from detector.data.records import Dataset, Problems
 
 
 def read_yolo(images_dir: str, labels_dir: str, names: list[str]) -> Dataset:
-    """Reads one split.
+    """Reads one split laid out as an images folder and a labels folder.
 
     Args:
         images_dir: str. Folder of images (searched recursively).
@@ -40,16 +45,30 @@ def read_yolo(images_dir: str, labels_dir: str, names: list[str]) -> Dataset:
                 f"{os.path.join(labels_dir, label)}: no image "
                 f"{os.path.splitext(label)[0]}.* in {images_dir}",
             )
+    pairs = [
+        (os.path.join(images_dir, rel), os.path.join(labels_dir, os.path.splitext(rel)[0] + ".txt"))
+        for rel in files
+    ]
+    return read_yolo_files(pairs, names, problems)
 
+
+def read_yolo_files(
+    pairs: list[tuple[str, str]], names: list[str], problems: Problems | None = None
+) -> Dataset:
+    """Reads one split given as (image path, label path) pairs, in that order.
+
+    Image ids are the 1-based positions in `pairs`; a missing label file makes the image
+    a negative. `problems`: counts so far (e.g. of the listing), added to.
+    """
+    problems = Problems() if problems is None else problems
     records_info, rows = [], []
-    for image_id, rel in enumerate(files, start=1):
-        path = os.path.join(images_dir, rel)
+    for image_id, (path, label) in enumerate(pairs, start=1):
+        path = os.path.abspath(path)
         size = image_size(path)
         if size is None:
             fatal, _, _ = inspect_image(path)
             problems.add(fatal or "image_unreadable", path)
             continue
-        label = os.path.join(labels_dir, os.path.splitext(rel)[0] + ".txt")
         index = len(records_info)
         records_info.append((image_id, path, size))
         for line_no, cls, box in _read_labels(label, problems):
@@ -109,13 +128,16 @@ def _read_labels(path: str, problems: Problems):
         except ValueError:
             values = []
         polygon = len(values) >= 7 and len(values) % 2 == 1
-        if not values or not (len(values) == 5 or polygon) or not values[0].is_integer():
-            problems.add("annotation_malformed", f"{path}: line {line_no}: {line.strip()[:60]!r}")
+        if not values or not (len(values) in (5, 6) or polygon) or not values[0].is_integer():
+            problems.add(
+                "annotation_malformed",
+                f"{path}: line {line_no}: expected 'class cx cy w h [conf]' or a polygon",
+            )
             continue
         if polygon:
             xy = np.asarray(values[1:]).reshape(-1, 2)
             box = [*xy.min(axis=0), *xy.max(axis=0)]
         else:
-            cx, cy, w, h = values[1:]
+            cx, cy, w, h = values[1:5]  # a 6th value is predict.py's confidence
             box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
         yield line_no, int(values[0]), box
