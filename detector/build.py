@@ -64,9 +64,8 @@ def choose_anchors(model: ModelConfig, train: Dataset, *, seed: int, letterbox: 
     wh = box_shapes(train.records, model.input_size, letterbox)
     anchors = kmeans_anchors(wh, model.num_anchors, seed=seed)
     fit = mean_best_iou(wh, anchors)
-    print(
-        f"anchors (k-means, grid cells): {np.round(anchors.astype(np.float64), 3).tolist()}, mean best IoU {fit:.3f}"
-    )
+    shown = np.round(anchors.astype(np.float64), 3).tolist()
+    print(f"anchors (k-means, grid cells): {shown}, mean best IoU {fit:.3f}")
     return anchors.tolist()
 
 

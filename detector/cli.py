@@ -1,13 +1,22 @@
-"""The two command lines, ``train.py`` and ``evaluate.py``: argument parsing and one call."""
+"""The command lines ``train.py``, ``evaluate.py`` and ``predict.py``: argument parsing and
+one call into the library each. Bad input is one ``error: ...`` line on stderr, exit 2."""
 
 import argparse
 import json
 import os
 import sys
+import warnings
 
 from detector.config import load_config
 
 DEFAULT_CONFIG = "configs/default.yaml"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse reporting bad arguments on one line (``error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} -h)\n")
 
 
 def quiet_update_checks() -> None:
@@ -17,7 +26,7 @@ def quiet_update_checks() -> None:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a YOLOv2 detector.")
+    p = Parser(description="Train a YOLOv2 detector.")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
     p.add_argument("--data", help="dataset spec YAML (sets data.spec)")
     p.add_argument("--epochs", type=int, help="sets train.epochs")
@@ -86,23 +95,47 @@ def train_main(argv=None) -> int:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="COCO-evaluate a checkpoint or a results file.")
-    p.add_argument("checkpoint", nargs="?", help="a .keras checkpoint (e.g. runs/x/best.keras)")
+    p = Parser(description="COCO-evaluate a checkpoint or a results file; write its report.")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a .keras checkpoint (e.g. runs/x/best.keras) or an exported model "
+        "(SavedModel folder, .tflite, .onnx)",
+    )
     p.add_argument("--detections", help="score this COCO results JSON instead of a checkpoint")
     p.add_argument("--data", help="dataset spec YAML (default: the checkpoint's run config)")
     p.add_argument("--split", default="val")
+    p.add_argument("--out", help="report folder (default: a new val, val-2, ... beside it)")
+    p.add_argument("--conf", type=float, help="report operating point (default 0.25)")
+    p.add_argument("--iou", type=float, help="NMS IoU (default: the run's eval.nms_iou)")
+    p.add_argument("--max-det", type=int, help="per image (default: eval.max_detections)")
+    p.add_argument("--save-json", action="store_true", help="COCO results OUT/predictions.json")
+    p.add_argument("--voc", action="store_true", help="also print VOC mAP@0.5")
+    p.add_argument("--sizes", help="speed/accuracy sweep over input sizes, e.g. 224,288,320")
     p.add_argument("--input-size", type=int, help="default: the checkpoint's input size")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--json", help="write the metrics dict here")
+    p.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
+    p.add_argument("--json", help="write the metrics dict (and the report) here")
     return p
 
 
-def spec_of_run(checkpoint: str) -> str:
-    """The dataset spec recorded in the config.yaml beside a checkpoint."""
-    config_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.yaml")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"no --data given and no run config beside the checkpoint: {config_path}")
-    return load_config(config_path).data.spec
+def run_config(checkpoint: str, source: str = ""):
+    """(the run config beside a checkpoint, or beside the checkpoint an export was made
+    from (`source`), or None; the first path looked at)."""
+    paths = [p for p in (checkpoint, source) if p]
+    folders = [os.path.dirname(os.path.abspath(os.path.normpath(p))) for p in paths]
+    for folder in folders:
+        config_path = os.path.join(folder, "config.yaml")
+        if os.path.isfile(config_path):
+            return load_config(config_path), config_path
+    return None, os.path.join(folders[0], "config.yaml")
+
+
+def spec_of_run(checkpoint: str, source: str = "") -> str:
+    """The dataset spec recorded in the run config (see `run_config`)."""
+    cfg, where = run_config(checkpoint, source)
+    if cfg is None:
+        raise ValueError(f"no --data given and no run config beside the checkpoint: {where}")
+    return cfg.data.spec
 
 
 def evaluate_main(argv=None) -> int:
@@ -114,45 +147,243 @@ def evaluate_main(argv=None) -> int:
     if args.detections and not args.data:
         parser.error("--detections needs --data SPEC (the ground truth)")
     try:
-        metrics = evaluate_command(args)
+        output = evaluate_command(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from detector.evaluation import format_metrics, write_json
-
-    print(format_metrics(metrics))
     if args.json:
-        write_json(metrics, args.json)
+        from detector.evaluation import write_json
+
+        write_json(output, args.json)
     return 0
 
 
+def check_evaluate_flags(args: argparse.Namespace) -> None:
+    """ValueError naming the first flag whose value is out of range or does not apply."""
+    for flag, value in (("--conf", args.conf), ("--iou", args.iou)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{flag}: expected a number in [0, 1], got {value}")
+    for flag, value in (("--max-det", args.max_det), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag}: expected an integer >= 1, got {value}")
+    if args.input_size is not None and (args.input_size <= 0 or args.input_size % 32):
+        raise ValueError(f"--input-size: expected a multiple of 32, got {args.input_size}")
+    if not args.detections:
+        return
+    model_only = {"--iou": args.iou, "--max-det": args.max_det, "--sizes": args.sizes}
+    model_only.update({"--input-size": args.input_size, "--batch-size": args.batch_size})
+    model_only["--save-json"] = args.save_json or None
+    for flag, value in model_only.items():
+        if value is not None:
+            raise ValueError(f"{flag}: applies to a CHECKPOINT's predictions, not to --detections")
+    for flag, value in (("--conf", args.conf), ("--voc", args.voc or None)):
+        if value is not None and not args.out:
+            raise ValueError(f"{flag}: the report of --detections is written with --out DIR")
+
+
+def parse_sizes(text: str | None) -> list[int]:
+    """``--sizes 224,288`` -> [224, 288]; ValueError naming --sizes unless each is a
+    positive multiple of 32."""
+    parts = [] if text is None else [part.strip() for part in text.split(",")]
+    sizes = [int(part) if part.isdigit() else 0 for part in parts]
+    bad = [part for part, size in zip(parts, sizes, strict=True) if size <= 0 or size % 32]
+    if bad:
+        raise ValueError(
+            f"--sizes: expected positive multiples of 32 (224,288,...), got {bad[0]!r}"
+        )
+    return sizes
+
+
 def evaluate_command(args: argparse.Namespace) -> dict:
-    """Runs the evaluation the arguments ask for; returns the metrics dict."""
-    from detector.data.coco import ground_truth
-    from detector.data.spec import load_annotations, load_dataset
-    from detector.evaluation import coco_metrics, evaluate_model
+    """Runs the evaluation the arguments ask for and prints it; returns what ``--json``
+    writes: the metrics dict, with ``report`` (and ``sweep``) when a report was made."""
+    check_evaluate_flags(args)
+    sizes = parse_sizes(args.sizes)
+    from detector.validate import DEFAULT_CONF
 
+    conf = DEFAULT_CONF if args.conf is None else args.conf
     if args.detections:
-        if not os.path.isfile(args.detections):
-            raise ValueError(f"--detections: file not found: {args.detections}")
-        with open(args.detections) as f:
-            results = json.load(f)
-        truth = ground_truth(load_annotations(args.data, args.split))
-        return coco_metrics(truth, results)
-    import keras
+        return evaluate_detections(args, conf)
+    return evaluate_checkpoint(args, conf, sizes)
 
-    if not os.path.isfile(args.checkpoint):
-        raise ValueError(f"checkpoint not found: {args.checkpoint}")
-    model = keras.models.load_model(args.checkpoint, safe_mode=True)
-    head = model.get_layer("yolo_head")
-    dataset = load_dataset(args.data or spec_of_run(args.checkpoint), args.split)
-    if len(dataset.names) != len(head.class_names):
+
+def evaluate_detections(args: argparse.Namespace, conf: float) -> dict:
+    """Scores a COCO results file; the report too with ``--out``."""
+    from detector.data.coco import ground_truth
+    from detector.data.spec import load_annotations
+    from detector.evaluation import coco_metrics, format_metrics
+    from detector.validate import as_json, validate_results
+
+    if not os.path.isfile(args.detections):
+        raise ValueError(f"--detections: file not found: {args.detections}")
+    with open(args.detections, encoding="utf-8") as f:
+        try:
+            results = json.load(f)
+        except ValueError:
+            raise ValueError(f"--detections: not a JSON file: {args.detections}") from None
+    if not isinstance(results, list):
+        raise ValueError(f"--detections: expected a list of COCO results: {args.detections}")
+    dataset = load_annotations(args.data, args.split)
+    truth = ground_truth(dataset)
+    if not args.out:
+        metrics = coco_metrics(truth, results)
+        print(format_metrics(metrics))
+        return metrics
+    summary = validate_results(truth, results, dataset, out_dir=args.out, conf=conf, voc=args.voc)
+    return as_json(summary)
+
+
+def load_detector(checkpoint: str, input_size: int | None):
+    """`Detector.load`, refusing an ``--input-size`` an exported model cannot take."""
+    from detector.predict import Detector
+
+    detector = Detector.load(checkpoint)
+    meta = detector.metadata
+    if detector.model is None and input_size not in (None, meta.input_size):
+        raise ValueError(
+            f"--input-size: this {meta.format} model takes {meta.input_size} only, got {input_size}"
+        )
+    return detector
+
+
+def evaluate_checkpoint(args: argparse.Namespace, conf: float, sizes: list[int]) -> dict:
+    """Evaluates a checkpoint or an export at its run's ``eval.*`` settings, the flags
+    overriding them, and writes its report (`detector.validate`)."""
+    from detector.build import eval_kwargs
+    from detector.config import EvalConfig
+    from detector.data.spec import load_dataset
+    from detector.predict_io import output_dir, run_folder
+    from detector.validate import as_json, check_sweep, validate
+
+    detector = load_detector(args.checkpoint, args.input_size)
+    meta = detector.metadata
+    model = detector.model if detector.model is not None else detector
+    check_sweep(model, sizes)
+    cfg, where = run_config(args.checkpoint, meta.source)
+    dataset = load_dataset(args.data or spec_of_run(args.checkpoint, meta.source), args.split)
+    if len(dataset.names) != len(meta.names):
         raise ValueError(
             f"the dataset has {len(dataset.names)} classes, the checkpoint "
-            f"{len(head.class_names)} ({head.class_names})"
+            f"{len(meta.names)} ({meta.names})"
         )
-    input_size = args.input_size or head.input_size
-    if input_size % 32:
-        raise ValueError(f"--input-size must be a multiple of 32, got {input_size}")
-    metrics, _ = evaluate_model(model, dataset, input_size, batch_size=args.batch_size)
-    return metrics
+    kwargs = eval_kwargs(cfg.eval if cfg else EvalConfig())
+    flags = {"nms_iou": args.iou, "max_detections": args.max_det, "batch_size": args.batch_size}
+    kwargs.update({k: v for k, v in flags.items() if v is not None})
+    input_size = args.input_size or meta.input_size
+    print(
+        f"{args.checkpoint} on {args.split} ({len(dataset.records)} images, {input_size} px): "
+        f"score >= {kwargs['score_threshold']:g}, NMS IoU {kwargs['nms_iou']:g}, "
+        f"<= {kwargs['max_detections']} detections per image "
+        f"(eval.* of {where if cfg else 'the defaults'}, flags override)"
+    )
+    out = args.out or output_dir(run_folder(args.checkpoint), "val")
+    settings = {"conf": conf, "voc": args.voc, "sizes": sizes, "save_json": args.save_json}
+    summary = validate(
+        model, dataset, out_dir=out, input_size=input_size, predict_kwargs=kwargs, **settings
+    )
+    return as_json(summary)
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    p = Parser(description="Detect objects in images, folders, globs, lists, videos or a webcam.")
+    p.add_argument("checkpoint", help="a .keras checkpoint or an exported model")
+    p.add_argument(
+        "source", help="an image, a folder, a glob, a .txt list, a video or a webcam index"
+    )
+    p.add_argument("--conf", type=float, default=0.25, help="lowest score kept (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU (default 0.45)")
+    p.add_argument("--agnostic", action="store_true", help="NMS across classes")
+    p.add_argument("--max-det", type=int, default=100, help="detections per image (100)")
+    p.add_argument("--classes", nargs="+", metavar="CLASS", help="keep these (ids or names)")
+    p.add_argument("--input-size", type=int, help="default: the checkpoint's input size")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", help="output folder (default: RUN/predict, RUN/predict-2, ...)")
+    p.add_argument("--save-txt", action="store_true", help="YOLO labels in OUT/labels/")
+    p.add_argument("--save-json", action="store_true", help="COCO results OUT/predictions.json")
+    p.add_argument("--no-save-img", action="store_true", help="do not write drawn images")
+    p.add_argument("--data", help="dataset spec: the JSON gets its image ids, by file name")
+    p.add_argument("--split", default="val", help="split of --data (default val)")
+    return p
+
+
+def check_predict_flags(args: argparse.Namespace) -> None:
+    """ValueError naming the first flag whose value is out of range."""
+    for flag, value in (("--conf", args.conf), ("--iou", args.iou)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{flag}: expected a number in [0, 1], got {value}")
+    for flag, value in (("--max-det", args.max_det), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag}: expected an integer >= 1, got {value}")
+    if args.input_size is not None and (args.input_size <= 0 or args.input_size % 32):
+        raise ValueError(f"--input-size: expected a multiple of 32, got {args.input_size}")
+    if args.data and not args.save_json:
+        raise ValueError("--data: only the JSON uses it; add --save-json")
+
+
+def class_ids(classes: list[str] | None, names: list[str]) -> list[int] | None:
+    """``--classes`` (class ids or names) as class ids."""
+    if classes is None:
+        return None
+    ids = []
+    for value in classes:
+        index = int(value) if value.isdigit() else (names.index(value) if value in names else -1)
+        if not 0 <= index < len(names):
+            raise ValueError(f"--classes: unknown class {value!r}; the classes are {names}")
+        ids.append(index)
+    return ids
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one ``warning: ...`` line on stderr, as the command line reports."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def predict_main(argv=None) -> int:
+    quiet_update_checks()
+    args = predict_parser().parse_args(argv)
+    try:
+        run = prepare_predict(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():  # restores showwarning after the run
+            warnings.showwarning = one_line_warning
+            done = run()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    if done["images"] == 0:
+        print(f"error: SOURCE: no readable image in {args.source}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def prepare_predict(args: argparse.Namespace):
+    """Checks the arguments, opens the source and loads the model; returns the run."""
+    from detector.predict_io import ImageIds, Writers, output_dir, run_folder, run_predictions
+    from detector.sources import open_source
+
+    check_predict_flags(args)
+    source = open_source(args.source)
+    if args.data and source.is_video:
+        raise ValueError("--data: matches image files by name; SOURCE is a video")
+    image_ids = None
+    if args.data:
+        from detector.data.spec import load_annotations
+
+        image_ids = ImageIds(load_annotations(args.data, args.split))
+    detector = load_detector(args.checkpoint, args.input_size)
+    settings = {
+        "conf": args.conf,
+        "iou": args.iou,
+        "max_det": args.max_det,
+        "agnostic": args.agnostic,
+        "classes": class_ids(args.classes, detector.names),
+        "input_size": args.input_size,
+    }
+    folder = args.out or output_dir(run_folder(args.checkpoint))
+    os.makedirs(folder, exist_ok=True)
+    save = (not args.no_save_img, args.save_txt, args.save_json)
+    writers = Writers(folder, *save, image_ids=image_ids, fps=source.fps)
+    return lambda: run_predictions(detector, source, writers, settings, args.batch_size)

@@ -1,8 +1,9 @@
 """COCO scoring: detections in original image pixels (`detector.predict`) -> pycocotools.
 
 The one evaluation path: the ``BestCocoAP`` callback and ``evaluate.py`` both call
-``evaluate_model``, so the AP printed during training is the AP of the checkpoint. The
-ground truth is `detector.data.coco.ground_truth`.
+``evaluate_model``, so the AP printed during training is the AP of the checkpoint; it
+scores an exported model (a `detector.runtimes.Runtime`) or a `detector.predict.Detector`
+the same way. The ground truth is `detector.data.coco.ground_truth`.
 """
 
 import contextlib
@@ -127,6 +128,9 @@ def evaluate_model(
     """Predicts the dataset (`detector.predict.iter_results`, which `predict_kwargs` go
     to) and scores it with COCOeval. Returns (metrics, results).
 
+    `model`: a Keras inference model, a `detector.runtimes.Runtime` (an exported model)
+    or a `detector.predict.Detector`.
+
     `coco_gt`: the ground truth, when the caller has it already (default: built from
     `dataset`). The per-image matching of every `chunk_images` images runs in a worker
     thread while the model predicts the next ones (`detector.streaming_eval`); the numbers
@@ -136,7 +140,7 @@ def evaluate_model(
     all_results, pending, pending_ids = [], [], []
     for results, image_ids in iter_results(model, dataset, input_size, **predict_kwargs):
         all_results += results
-        pending += results
+        pending += [dict(r) for r in results]  # pycocotools' loadRes adds keys to its input
         pending_ids += image_ids
         if len(pending_ids) >= chunk_images:
             stream.add(pending, pending_ids)

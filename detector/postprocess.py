@@ -55,3 +55,57 @@ def nms(boxes, scores, score_threshold=0.005, iou_threshold=0.45, max_detections
         tf.cast(result.nmsed_classes, tf.int32),
         result.valid_detections,
     )
+
+
+def portable_nms(boxes, scores, score_threshold=0.005, iou_threshold=0.45, max_detections=100):
+    """`nms` (same arguments, same outputs) from ops the builtin TFLite interpreter runs.
+
+    ``tf.image.combined_non_max_suppression`` is a Flex op in TFLite; this unrolls the C
+    classes at trace time into C ``NonMaxSuppressionV5`` ops (builtin
+    NON_MAX_SUPPRESSION_V5 in TFLite, NonMaxSuppression in ONNX), each keeping up to
+    ``max_detections`` boxes of its class, then takes the ``max_detections`` best of the
+    C·K candidates. A static batch is unrolled too (no control flow); a dynamic one runs
+    through ``tf.map_fn``. The number of classes must be static.
+    """
+    settings = (score_threshold, iou_threshold, max_detections)
+    k = max_detections
+    if boxes.shape[0] is not None:
+        images = [_image_nms(boxes[i], scores[i], *settings) for i in range(boxes.shape[0])]
+        return tuple(tf.stack(outputs) for outputs in zip(*images, strict=True))
+    signature = (
+        tf.TensorSpec((k, 4), tf.float32),
+        tf.TensorSpec((k,), tf.float32),
+        tf.TensorSpec((k,), tf.int32),
+        tf.TensorSpec((), tf.int32),
+    )
+    return tf.map_fn(
+        lambda x: _image_nms(x[0], x[1], *settings), (boxes, scores), fn_output_signature=signature
+    )
+
+
+def _image_nms(boxes, scores, score_threshold, iou_threshold, max_detections):
+    """`portable_nms` of one image: boxes (N, 4), scores (N, C) -> (K, 4), (K,), (K,), ()."""
+    k = max_detections
+    kept_scores, kept_indices = [], []
+    for c in range(scores.shape[-1]):
+        indices, selected, count = tf.raw_ops.NonMaxSuppressionV5(
+            boxes=boxes,
+            scores=scores[:, c],
+            max_output_size=k,
+            iou_threshold=iou_threshold,
+            score_threshold=score_threshold,
+            soft_nms_sigma=0.0,
+            pad_to_max_output_size=True,
+        )
+        # The lowest float marks the padding, so that no padding outranks a kept box.
+        kept_scores.append(tf.where(tf.range(k) < count, selected, tf.float32.min))
+        kept_indices.append(indices)
+    top_scores, top = tf.math.top_k(tf.concat(kept_scores, 0), k)
+    found = tf.cast(top_scores > tf.float32.min, tf.float32)
+    chosen = tf.gather(boxes, tf.gather(tf.concat(kept_indices, 0), top))
+    return (
+        chosen * found[:, None],
+        top_scores * found,
+        (top // k) * tf.cast(found, tf.int32),
+        tf.cast(tf.reduce_sum(found), tf.int32),
+    )

@@ -152,7 +152,7 @@ def load_runtime(path: str, **settings) -> Runtime:
     if path.endswith(".keras"):
         import keras
 
-        import detector  # noqa: F401  (registers the custom layers)
+        import detector.layers  # noqa: F401  (registers the custom layers)
 
         return keras_runtime(keras.models.load_model(path, safe_mode=True), **settings)
     loaders = {".tflite": _tflite_call, ".onnx": _onnx_call}
@@ -165,7 +165,10 @@ def load_runtime(path: str, **settings) -> Runtime:
         raise ValueError(f"{path}: not a .keras checkpoint, SavedModel folder, .tflite or .onnx")
     metadata = Metadata.load(metadata_path(path))
     call, batch_size = loader(path)
-    return exported_runtime(call, metadata, batch_size, **settings)
+    try:
+        return exported_runtime(call, metadata, batch_size, **settings)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def exported_runtime(

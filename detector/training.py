@@ -18,8 +18,8 @@ from detector.data.coco import ground_truth
 from detector.data.records import Dataset
 from detector.data.spec import load_dataset
 from detector.distribute import Cluster, ClusterError, make_cluster
-from detector.evaluation import evaluate_model, format_metrics
 from detector.state import resolve, truncate_csv
+from detector.validate import validate
 
 
 class TrainingStopped(RuntimeError):
@@ -261,10 +261,17 @@ def fit(model, dataset, epochs: int, plan: RunPlan, callbacks: build.RunCallback
 
 
 def final_report(run_dir: str, val: Dataset, e: EvalConfig) -> dict:
-    """Loads ``best.keras`` back from disk, evaluates it and prints the COCO table."""
-    best = keras.models.load_model(os.path.join(run_dir, "best.keras"), safe_mode=True)
+    """Loads ``best.keras`` back from disk, prints its COCO table and validation report
+    and writes the report in ``RUN_DIR/val`` (`detector.validate`); returns the metrics."""
+    path = os.path.join(run_dir, "best.keras")
+    best = keras.models.load_model(path, safe_mode=True)
     input_size = best.get_layer("yolo_head").input_size
-    metrics, _ = evaluate_model(best, val, input_size, **build.eval_kwargs(e))
-    print(f"\nbest checkpoint {os.path.join(run_dir, 'best.keras')} on the val split:")
-    print(format_metrics(metrics))
-    return metrics
+    print(f"\nbest checkpoint {path} on the val split:")
+    summary = validate(
+        best,
+        val,
+        out_dir=os.path.join(run_dir, "val"),
+        input_size=input_size,
+        predict_kwargs=build.eval_kwargs(e),
+    )
+    return summary["metrics"]

@@ -34,6 +34,7 @@ RUN_FILES = {
     "tensorboard",
     "curves.png",
     "pr_curve.png",
+    "val",
 }
 
 

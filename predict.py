@@ -1,0 +1,8 @@
+"""Detect objects in images, folders, videos or a webcam; see ``python predict.py -h``."""
+
+import sys
+
+from detector.cli import predict_main
+
+if __name__ == "__main__":
+    sys.exit(predict_main())
