@@ -20,7 +20,13 @@ from detector.predict import draw_predictions, make_predict_fn
 def ema_weights(inference_model, optimizer) -> list[np.ndarray]:
     """The inference model's weights with each trainable variable replaced by the
     optimiser's moving average of it (Keras ``use_ema``), in ``get_weights`` order.
-    Without EMA, the weights themselves."""
+    Without EMA, the weights themselves.
+
+    Under ``mixed_float16`` Keras wraps the optimiser in a ``LossScaleOptimizer``, which
+    refuses ``use_ema`` itself: the averages are kept by its ``inner_optimizer``.
+    """
+    while optimizer is not None and hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
     averages = {}
     if optimizer is not None and getattr(optimizer, "use_ema", False) and optimizer.built:
         pairs = zip(

@@ -2,7 +2,6 @@
 one call into the library each. Bad input is one ``error: ...`` line on stderr, exit 2."""
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -208,23 +207,22 @@ def evaluate_command(args: argparse.Namespace) -> dict:
 
 
 def evaluate_detections(args: argparse.Namespace, conf: float) -> dict:
-    """Scores a COCO results file; the report too with ``--out``."""
+    """Scores a COCO results file (`detector.results_io`: a file of the wrong shape is a
+    ValueError, entries that cannot be scored are skipped and reported on one line); the
+    report too with ``--out``."""
     from detector.data.coco import ground_truth
     from detector.data.spec import load_annotations
     from detector.evaluation import coco_metrics, format_metrics
+    from detector.results_io import clean_results, read_results, skipped_line
     from detector.validate import as_json, validate_results
 
-    if not os.path.isfile(args.detections):
-        raise ValueError(f"--detections: file not found: {args.detections}")
-    with open(args.detections, encoding="utf-8") as f:
-        try:
-            results = json.load(f)
-        except ValueError:
-            raise ValueError(f"--detections: not a JSON file: {args.detections}") from None
-    if not isinstance(results, list):
-        raise ValueError(f"--detections: expected a list of COCO results: {args.detections}")
+    entries = read_results(args.detections)
     dataset = load_annotations(args.data, args.split)
     truth = ground_truth(dataset)
+    results, skipped = clean_results(entries, truth.getImgIds(), truth.getCatIds())
+    report = skipped_line(args.detections, skipped)
+    if report:
+        print(f"warning: {report}", file=sys.stderr)
     if not args.out:
         metrics = coco_metrics(truth, results)
         print(format_metrics(metrics))

@@ -19,6 +19,7 @@ from typing import Any, get_args, get_type_hints
 import yaml
 
 from detector.io import atomic_write_text
+from detector.safe_yaml import load_file, load_text, short
 from detector.yaml_types import convert
 
 # Darknet's published YOLOv2 anchors as its cfg files write them (yolov2-voc.cfg,
@@ -239,7 +240,8 @@ _RULES: dict[str, _Rule] = {
 
 
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    """`value` for a message, shortened (`detector.safe_yaml.short`), and its type."""
+    return f"{short(value)} ({type(value).__name__})"
 
 
 def _unknown_key(key: str) -> ValueError:
@@ -252,7 +254,7 @@ def _unknown_key(key: str) -> ValueError:
         hint = "valid keys: " + ", ".join(k for k in _HINTS if k.startswith(f"{section}."))
     else:
         hint = "valid sections: " + ", ".join(_SECTIONS)
-    return ValueError(f"unknown config key {key!r} ({hint})")
+    return ValueError(f"unknown config key {short(key)} ({hint})")
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -298,21 +300,18 @@ def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or key.count(".") != 1:
-        raise ValueError(f"malformed override {text!r}: expected section.key=value")
+        raise ValueError(f"malformed override {short(text)}: expected section.key=value")
     if key not in _HINTS:
         raise _unknown_key(key)
     if _HINTS[key] is str:
         return key, raw
-    try:
-        return key, yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ValueError(f"override {text!r}: value is not valid YAML: {err}") from None
+    return key, load_text(raw, f"override {short(text)}: value")
 
 
 def _check(key: str, value: Any) -> None:
     """Raise a ValueError naming `key` and `value` if the value breaks the key's rule."""
     if key in _RULES and not _RULES[key][0](value):
-        raise ValueError(f"config key {key!r}: must be {_RULES[key][1]}, got {value!r}")
+        raise ValueError(f"config key {key!r}: must be {_RULES[key][1]}, got {short(value)}")
 
 
 def _resolve_anchors(model: ModelConfig) -> None:
@@ -358,10 +357,7 @@ def load_config(
     if path is not None:
         if not Path(path).is_file():
             raise ValueError(f"config file not found: {path}")
-        try:
-            parsed = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {path}: invalid YAML: {err}") from None
+        parsed = load_file(os.fspath(path), "config file")
         _merge(tree, parsed, f"config file {path}")
     for text in overrides:
         _assign(tree, *_parse_override(text))

@@ -17,7 +17,14 @@ from detector.config import Config, EvalConfig, config_to_dict, save_config
 from detector.data.coco import ground_truth
 from detector.data.records import Dataset
 from detector.data.spec import load_dataset
-from detector.distribute import Cluster, ClusterError, make_cluster
+from detector.distribute import (
+    Cluster,
+    ClusterError,
+    check_precision,
+    describe_devices,
+    make_cluster,
+)
+from detector.runlock import LOCK_NAME, claim_run_dir, clean_temporaries, run_lock
 from detector.state import resolve, truncate_csv
 from detector.validate import validate
 
@@ -40,21 +47,27 @@ def run(cfg: Config, resume: bool = False) -> dict:
     """
     start = time.monotonic()
     cluster = make_cluster(cfg.train.distribute, cfg.train.devices)  # before any TF work
+    xla = "on" if cfg.train.jit_compile else "off"
+    print(f"devices: {describe_devices()}; precision {cfg.train.precision}; XLA {xla}")
     policy = keras.mixed_precision.global_policy()
     try:
-        return _run(cfg, resume, cluster, start)
+        with contextlib.ExitStack() as locks:  # the run directory's lock, held to the end
+            return _run(cfg, resume, cluster, start, locks)
     finally:
         keras.mixed_precision.set_global_policy(policy)
         cluster.cleanup()
 
 
-def _run(cfg: Config, resume: bool, cluster: Cluster, start: float) -> dict:
+def _run(
+    cfg: Config, resume: bool, cluster: Cluster, start: float, locks: contextlib.ExitStack
+) -> dict:
     # The chief reads the data first: a synthetic spec is generated on first use, by it alone.
     with _all_or_none(cluster, "to read the data"):
+        check_precision(cfg.train.precision)  # every worker, before any collective
         splits = read_splits(cfg.data.spec) if cluster.is_chief else None
     with _all_or_none(cluster, "to set up"):
         train, val = splits or read_splits(cfg.data.spec)
-        plan = prepare_run(cfg, resume, cluster, train)
+        plan = prepare_run(cfg, resume, cluster, train, locks=locks)
         coco_gt = ground_truth(val) if cluster.is_chief else None  # before any collective
     if cluster.multi_worker:
         _check_workers_agree(cluster, plan.config, len(train.records), plan.done, plan.run_dir)
@@ -108,9 +121,12 @@ def report_problems(name: str, dataset: Dataset) -> None:
         raise ValueError(f"the {name} split has no usable image (see the problems above)")
 
 
-def prepare_run(cfg: Config, resume: bool, cluster: Cluster, train: Dataset) -> RunPlan:
+def prepare_run(
+    cfg: Config, resume: bool, cluster: Cluster, train: Dataset, *, locks: contextlib.ExitStack
+) -> RunPlan:
     """Checks the config against the data, picks the run directory and the anchors,
-    reads a resumed run's state, writes config.yaml (chief) and returns the plan."""
+    reads a resumed run's state, writes config.yaml (chief) and returns the plan. The
+    chief locks the run directory (`detector.runlock`) until `locks` closes."""
     d, t = cfg.data, cfg.train
     steps = len(train.records) // d.batch_size
     if steps == 0:
@@ -122,13 +138,16 @@ def prepare_run(cfg: Config, resume: bool, cluster: Cluster, train: Dataset) -> 
             f"data.batch_size: {d.batch_size} (the global batch) does not split "
             f"evenly over {cluster.num_replicas} replicas"
         )
+    if resume and cluster.is_chief:  # locked before resolve() repairs its state
+        locks.enter_context(run_lock(t.run_dir))
+        clean_temporaries(t.run_dir)
     meta = resolve(t.run_dir, repair=cluster.is_chief) if resume else None
     if cfg.model.init_weights and not meta and not os.path.isfile(cfg.model.init_weights):
         raise ValueError(f"model.init_weights: file not found: {cfg.model.init_weights}")
     if resume:
         run_dir, anchors = t.run_dir, cfg.model.anchors
     else:
-        run_dir = new_run_dir(t.run_dir, cluster)
+        run_dir = new_run_dir(t.run_dir, cluster, locks)
         anchors = build.choose_anchors(cfg.model, train, seed=t.seed, letterbox=d.letterbox)
     resolved = dataclasses.replace(
         cfg,
@@ -154,25 +173,21 @@ def prepare_run(cfg: Config, resume: bool, cluster: Cluster, train: Dataset) -> 
     )
 
 
-def new_run_dir(path: str, cluster: Cluster) -> str:
-    """A fresh run directory: `path`, or a free ``-N`` variant of it. Every worker of a
+def new_run_dir(path: str, cluster: Cluster, locks: contextlib.ExitStack) -> str:
+    """A fresh run directory, locked by the chief until `locks` closes: `path`, or a free
+    ``-N`` variant of it (`detector.runlock.claim_run_dir`, race-free). Every worker of a
     multi-worker run must name the same directory, so there it must be free as given."""
     if not cluster.multi_worker:
-        return unique_run_dir(path)
-    if cluster.is_chief and os.path.isdir(path) and os.listdir(path):
+        return claim_run_dir(path, locks)
+    if not cluster.is_chief:
+        return path
+    used = os.path.isdir(path) and [name for name in os.listdir(path) if name != LOCK_NAME]
+    if used:  # checked before locking: a refused folder is left exactly as it was
         raise ValueError(
             f"run directory {path} is not empty: pass another --run-dir, or --resume it"
         )
+    locks.enter_context(run_lock(path))
     return path
-
-
-def unique_run_dir(path: str) -> str:
-    """``path`` if it is free (absent or empty), else the first free ``path-2``, ``path-3``…"""
-    candidate, n = path, 1
-    while os.path.isdir(candidate) and os.listdir(candidate):
-        n += 1
-        candidate = f"{path}-{n}"
-    return candidate
 
 
 def best_ap_so_far(run_dir: str, meta: dict | None, resume: bool) -> float:

@@ -1,6 +1,7 @@
 """The config boundary: the run's callbacks (membership, order, wiring) and the run plan,
 checked without training."""
 
+import contextlib
 import dataclasses
 
 import keras
@@ -116,7 +117,9 @@ def test_prepare_run_leaves_the_config_alone(tiny_spec, tmp_path):
     before = dataclasses.asdict(cfg)
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "x").write_text("used")
-    plan = prepare_run(cfg, False, CLUSTERS["single"], load_dataset(str(tiny_spec), "train"))
+    train = load_dataset(str(tiny_spec), "train")
+    with contextlib.ExitStack() as locks:
+        plan = prepare_run(cfg, False, CLUSTERS["single"], train, locks=locks)
     assert dataclasses.asdict(cfg) == before and cfg.model.anchors == "auto"
     assert plan.run_dir == f"{tmp_path / 'r'}-2" and plan.steps == 24 // 4
     assert len(plan.anchors) == cfg.model.num_anchors

@@ -35,6 +35,7 @@ RUN_FILES = {
     "curves.png",
     "pr_curve.png",
     "val",
+    ".lock",
 }
 
 

@@ -183,7 +183,11 @@ def test_nan_guard_stops_before_the_bad_step_reaches_the_state(tmp_path):
         ["train.jit_compile=true", "train.ema_momentum=0.9"],
     ],
 )
-def test_precision_and_xla_modes_train_an_epoch(tiny_spec, tmp_path, mode):
+def test_precision_and_xla_modes_train_an_epoch(tiny_spec, tmp_path, mode, monkeypatch):
+    if "train.precision=mixed_float16" in mode:  # refused without a GPU; the path is the same
+        import detector.training
+
+        monkeypatch.setattr(detector.training, "check_precision", lambda precision: None)
     cfg = load_config(
         overrides=[
             *TINY,
@@ -295,3 +299,11 @@ def test_three_random_sigkills_then_the_run_finishes(tiny_spec, tmp_path):
     with open(run_dir / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == [str(e) for e in range(1, 61)]
     keras.models.load_model(run_dir / "best.keras", safe_mode=True)
+
+
+def test_float16_without_a_gpu_is_refused_before_training(tiny_spec, tmp_path):
+    overrides = [*TINY, f"data.spec={tiny_spec}", f"train.run_dir={tmp_path / 'run'}"]
+    cfg = load_config(overrides=[*overrides, "train.precision=mixed_float16"])
+    with pytest.raises(ValueError, match="train.precision: mixed_float16 needs a GPU"):
+        run(cfg)
+    assert not (tmp_path / "run").exists()

@@ -1,9 +1,12 @@
+import contextlib
+
 import pytest
 
 from detector.build import make_optimizer
 from detector.config import load_config
+from detector.distribute import Cluster
 from detector.model import build_inference_model
-from detector.training import unique_run_dir
+from detector.training import new_run_dir
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
@@ -17,10 +20,12 @@ def test_weight_decay_spares_batchnorm_and_biases(name):
     assert optimizer.weight_decay == pytest.approx(cfg.train.weight_decay)
 
 
-def test_unique_run_dir_never_reuses_a_used_folder(tmp_path):
-    base = tmp_path / "run"
-    assert unique_run_dir(str(base)) == str(base)
-    base.mkdir()
-    assert unique_run_dir(str(base)) == str(base)  # empty: free
-    (base / "config.yaml").write_text("x")
-    assert unique_run_dir(str(base)) == f"{base}-2"
+def test_new_run_dir_never_reuses_a_used_folder(tmp_path):
+    base, single = tmp_path / "run", Cluster("none", None)
+    with contextlib.ExitStack() as locks:
+        assert new_run_dir(str(base), single, locks) == str(base)  # absent: free, now locked
+    with contextlib.ExitStack() as locks:
+        assert new_run_dir(str(base), single, locks) == str(base)  # empty: free
+        (base / "config.yaml").write_text("x")
+    with contextlib.ExitStack() as locks:
+        assert new_run_dir(str(base), single, locks) == f"{base}-2"

@@ -59,6 +59,7 @@ from detector.data.tfrecord import load_packed
 from detector.data.ultralytics import is_ultralytics, ultralytics_spec
 from detector.data.voc import read_voc, voc_class_names
 from detector.data.yolo import read_yolo
+from detector.safe_yaml import short
 
 SPEC_KEYS = ("format", "names", "synthetic", *SPLITS)
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
@@ -100,7 +101,7 @@ def load_spec(path: str) -> dict[str, Any]:
     reject_unknown(raw, SPEC_KEYS, path, "")
     fmt = raw.get("format")
     if not isinstance(fmt, str) or fmt not in READERS:
-        got = "missing" if fmt is None else f"unknown format {fmt!r}"
+        got = "missing" if fmt is None else f"unknown format {short(fmt)}"
         raise ValueError(f"{path}: format: {got}; expected one of {sorted(READERS)}")
     spec: dict[str, Any] = {
         "path": path,
@@ -173,7 +174,7 @@ def _load_split(spec_path: str, split: str) -> dict[str, Any]:
     """The checked spec, which must describe `split`."""
     spec = load_spec(spec_path)
     if split not in SPLITS:
-        raise ValueError(f"{spec['path']}: unknown split {split!r}; expected one of {SPLITS}")
+        raise ValueError(f"{spec['path']}: unknown split {short(split)}; expected one of {SPLITS}")
     if split not in spec:
         raise ValueError(f"{spec['path']}: {split}: missing")
     return spec
@@ -327,7 +328,7 @@ def _synthetic_params(raw: Any, path: str) -> dict[str, Any]:
         value = params[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(
-                f"{path}: synthetic.{key}: expected an integer >= {minimum}, got {value!r}"
+                f"{path}: synthetic.{key}: expected an integer >= {minimum}, got {short(value)}"
             )
     for key, (low, high) in STYLE_RANGES.items():
         value = params[key]
@@ -337,7 +338,8 @@ def _synthetic_params(raw: Any, path: str) -> dict[str, Any]:
             or not low <= value <= high
         ):
             raise ValueError(
-                f"{path}: synthetic.{key}: expected a number in [{low:g}, {high:g}], got {value!r}"
+                f"{path}: synthetic.{key}: expected a number in [{low:g}, {high:g}], "
+                f"got {short(value)}"
             )
         params[key] = float(value)
     if params["min_side"] > params["max_side"]:
@@ -351,6 +353,6 @@ def _synthetic_params(raw: Any, path: str) -> dict[str, Any]:
     ):
         raise ValueError(
             f"{path}: synthetic.classes: expected distinct names from {list(SHAPES)}, "
-            f"got {classes!r}"
+            f"got {short(classes)}"
         )
     return params

@@ -5,13 +5,15 @@ import difflib
 import os
 from typing import Any
 
-import yaml
+from detector.safe_yaml import check_size, load_text, short
 
 SPLITS = ("train", "val", "test")
 
 
 def read_text(path: str, what: str = "dataset spec") -> str:
-    """The file's text, with errors that name it."""
+    """The file's text, with errors that name it (none of its content); a file over
+    `detector.safe_yaml.MAX_BYTES` is refused unread."""
+    check_size(path, what)
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
@@ -24,12 +26,9 @@ def read_text(path: str, what: str = "dataset spec") -> str:
 
 
 def parse_yaml(text: str, path: str) -> dict[str, Any]:
-    """The top-level mapping of YAML `text` read from `path`."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
-    return mapping(raw, path, "")
+    """The top-level mapping of YAML `text` read from `path` (`detector.safe_yaml`'s
+    limits apply: no alias bombs, errors without the file's text)."""
+    return mapping(load_text(text, path), path, "")
 
 
 def read_yaml(path: str, what: str = "dataset spec") -> dict[str, Any]:
@@ -52,7 +51,8 @@ def reject_unknown(raw: dict[str, Any], valid: tuple[str, ...], path: str, prefi
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {list(valid)}"
-            raise ValueError(f"{path}: {prefix}{key}: unknown key{hint}")
+            name = str(key) if len(str(key)) <= 60 else short(str(key))
+            raise ValueError(f"{path}: {prefix}{name}: unknown key{hint}")
 
 
 def class_names(names: Any, path: str, key: str = "names") -> list[str]:

@@ -1,0 +1,143 @@
+"""One process at a time in a run directory: an OS file lock held for the whole run.
+
+Two trainings (or a training and a ``--resume``) writing one run directory would interleave
+checkpoints, state and metrics. `run_lock` holds an exclusive ``flock`` on
+``RUN_DIR/.lock`` (the holder's pid written in it, for the message the next one gets); the
+kernel releases it when the process ends however it ends, SIGKILL included, so a stale
+lock file is harmless and is never deleted (deleting it would let two processes lock two
+different files of one name). `claim_run_dir` picks and locks a fresh directory without a
+race between two new runs, and `clean_temporaries` removes what the atomic writer
+(`detector.io`) leaves behind when a run is killed mid-write. POSIX only (``fcntl``); on
+NFS, ``flock`` needs Linux >= 2.6.12.
+"""
+
+import contextlib
+import fcntl
+import os
+import re
+from collections.abc import Iterator
+
+LOCK_NAME = ".lock"
+# detector.io's temporary files: ".{name}.{secrets.token_hex(8)}{suffix}", suffix e.g.
+# "", ".keras" or ".weights.h5".
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}(\.[\w.]+)?")
+
+
+def _holder(fd: int) -> str:
+    """The pid written in the lock file, or "unknown" (the holder may not have written
+    it yet)."""
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return text if text.isdigit() else "unknown"
+
+
+def _try_lock(run_dir: str) -> int | None:
+    """An open descriptor of ``run_dir/.lock`` holding its exclusive lock, with this
+    process's pid written in it; None if another process holds it."""
+    fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def _busy(run_dir: str) -> ValueError:
+    """The error for a run directory another process holds, naming its pid."""
+    fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDONLY)
+    try:
+        pid = _holder(fd)
+    finally:
+        os.close(fd)
+    return ValueError(
+        f"run directory {run_dir} is in use by process {pid} (another training or "
+        "--resume); wait for it or pass another --run-dir"
+    )
+
+
+def _release(fd: int) -> None:
+    """Clears the pid and releases the lock (closing the descriptor releases it)."""
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str) -> Iterator[str]:
+    """Holds the run directory's lock for the block (the folder is created if needed).
+
+    Args:
+        run_dir: str. The run directory.
+
+    Yields:
+        str. ``run_dir``.
+
+    Raises:
+        ValueError: another process holds the lock; the message names its pid.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    fd = _try_lock(run_dir)
+    if fd is None:
+        raise _busy(run_dir)
+    try:
+        yield run_dir
+    finally:
+        _release(fd)
+
+
+def _is_fresh(run_dir: str) -> bool:
+    """Whether a run directory holds nothing but (maybe) its lock file."""
+    return not [name for name in os.listdir(run_dir) if name != LOCK_NAME]
+
+
+def _claim(candidate: str) -> int | None:
+    """The lock of `candidate` if it is (or is made) a fresh folder and no other process
+    holds it, else None."""
+    if os.path.exists(candidate) and not (os.path.isdir(candidate) and _is_fresh(candidate)):
+        return None
+    try:
+        os.makedirs(candidate, exist_ok=True)
+    except FileExistsError:  # a file was made there meanwhile
+        return None
+    fd = _try_lock(candidate)
+    if fd is not None and not _is_fresh(candidate):  # filled before we locked it
+        _release(fd)
+        return None
+    return fd
+
+
+def claim_run_dir(path: str, stack: contextlib.ExitStack) -> str:
+    """A fresh run directory, locked until `stack` closes: `path` if it is absent or
+    empty, else the first such ``path-2``, ``path-3``…
+
+    Race-free between processes: a candidate is ours only once its lock is held and it
+    is still empty; a candidate locked by another process is skipped.
+    """
+    candidate, n = path, 1
+    while (fd := _claim(candidate)) is None:
+        n += 1
+        candidate = f"{path}-{n}"
+    stack.callback(_release, fd)
+    return candidate
+
+
+def clean_temporaries(run_dir: str) -> int:
+    """Removes the atomic writer's temporary files (`detector.io`) from ``run_dir`` and
+    ``run_dir/state``, left there by a killed run; returns how many. Call it holding the
+    lock (`run_lock`): a live run's temporaries are its files being written."""
+    removed = 0
+    for folder in (run_dir, os.path.join(run_dir, "state")):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if _TEMPORARY.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
+                removed += 1
+    return removed
