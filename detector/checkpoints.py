@@ -139,6 +139,10 @@ class BestCocoAP(keras.callbacks.Callback):
 
             self.image_writer = tf.summary.create_file_writer(self.image_dir)
 
+    def on_train_end(self, logs=None):
+        if self.image_writer is not None:
+            self.image_writer.close()
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         last = getattr(self.model, "stop_training", False) or epoch + 1 == self.params.get("epochs")

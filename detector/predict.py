@@ -33,7 +33,7 @@ from detector.forward import make_predict_fn
 from detector.grid import STRIDE
 from detector.model import head_metadata
 from detector.results import Result, coco_results, draw_boxes
-from detector.runtimes import Metadata, Runtime, keras_runtime, load_runtime
+from detector.runtimes import Metadata, Runtime, keras_runtime, load_keras, load_runtime
 from detector.sources import as_inputs, batched
 
 NO_BOXES = np.zeros((0, 4), np.float32)
@@ -132,7 +132,7 @@ class Detector:
             return cls(load_runtime(path, **settings), path)
         if not os.path.isfile(path):
             raise ValueError(f"model not found: {path}")
-        return cls(keras.models.load_model(path, safe_mode=True), path)
+        return cls(load_keras(path), path)
 
     @property
     def names(self) -> list[str]:

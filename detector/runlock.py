@@ -33,7 +33,10 @@ def _holder(fd: int) -> str:
 def _try_lock(run_dir: str) -> int | None:
     """An open descriptor of ``run_dir/.lock`` holding its exclusive lock, with this
     process's pid written in it; None if another process holds it."""
-    fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:  # read-only, not ours, not a folder...
+        raise ValueError(f"run directory {run_dir}: cannot lock it ({error.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -81,7 +84,10 @@ def run_lock(run_dir: str) -> Iterator[str]:
     Raises:
         ValueError: another process holds the lock; the message names its pid.
     """
-    os.makedirs(run_dir, exist_ok=True)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"run directory {run_dir}: cannot create it ({error.strerror})") from None
     fd = _try_lock(run_dir)
     if fd is None:
         raise _busy(run_dir)

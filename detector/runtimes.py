@@ -138,6 +138,25 @@ def keras_runtime(model, score_threshold=0.005, iou_threshold=0.45, max_detectio
     return Runtime(forward, Metadata.of_model(model, **settings))
 
 
+def load_keras(path: str):
+    """``keras.models.load_model(path, safe_mode=True)`` with the custom layers
+    registered; a file that is not a loadable checkpoint is a ValueError naming it."""
+    import zipfile
+
+    import keras
+
+    import detector.layers  # noqa: F401  (registers the custom layers)
+
+    if not zipfile.is_zipfile(path):  # Keras would say "file not found"
+        raise ValueError(f"{path}: not a loadable .keras checkpoint (not a zip archive)")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path}: not a loadable .keras checkpoint ({type(error).__name__})"
+        ) from None
+
+
 def load_runtime(path: str, **settings) -> Runtime:
     """The Runtime of a ``.keras`` checkpoint, an exported SavedModel folder, a
     ``.tflite`` or an ``.onnx`` file (their metadata beside them).
@@ -150,11 +169,7 @@ def load_runtime(path: str, **settings) -> Runtime:
     if not os.path.exists(path):
         raise ValueError(f"model not found: {path}")
     if path.endswith(".keras"):
-        import keras
-
-        import detector.layers  # noqa: F401  (registers the custom layers)
-
-        return keras_runtime(keras.models.load_model(path, safe_mode=True), **settings)
+        return keras_runtime(load_keras(path), **settings)
     loaders = {".tflite": _tflite_call, ".onnx": _onnx_call}
     suffix = os.path.splitext(path)[1]
     if os.path.isdir(path):

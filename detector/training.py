@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import reprlib
 import time
 import zlib
 
@@ -108,6 +109,14 @@ def _all_or_none(cluster: Cluster, what: str):
 def read_splits(spec: str) -> tuple[Dataset, Dataset]:
     """The train and val splits of a dataset spec, their data problems printed once."""
     train, val = load_dataset(spec, "train"), load_dataset(spec, "val")
+    if (train.names, train.category_ids) != (val.names, val.category_ids):
+        shown = [
+            reprlib.repr(dict(zip(d.category_ids, d.names, strict=True))) for d in (train, val)
+        ]
+        raise ValueError(
+            f"{spec}: the train and val splits have different classes (train {shown[0]}, "
+            f"val {shown[1]}): give both the same categories in the same order"
+        )
     report_problems("train", train)
     report_problems("val", val)
     return train, val

@@ -358,3 +358,37 @@ def test_clean_temporaries_removes_only_the_atomic_writers_files(tmp_path):
     assert not any(os.path.exists(p) for p in left)
     assert all((run_dir / name).read_text() == "keep" for name in kept)
     assert clean_temporaries(str(tmp_path / "absent")) == 0
+
+
+# --- review fixes: damaged checkpoints, unusable run directories, mismatched splits ------
+
+
+def test_a_damaged_keras_file_is_a_value_error_naming_it(tmp_path):
+    from detector.predict import Detector
+
+    path = tmp_path / "best.keras"
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=r"best\.keras: not a loadable \.keras checkpoint"):
+        Detector.load(str(path))
+
+
+def test_a_run_directory_that_cannot_be_made_is_a_value_error(tmp_path):
+    from detector.runlock import run_lock
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot create it"), run_lock(str(blocker / "run")):
+        pass
+
+
+def test_train_and_val_with_different_classes_are_refused(monkeypatch):
+    import detector.training as training
+    from detector.data.records import Dataset
+
+    splits = {
+        "train": Dataset([], ["cat", "dog"], [1, 2], None),
+        "val": Dataset([], ["dog", "cat"], [2, 1], None),
+    }
+    monkeypatch.setattr(training, "load_dataset", lambda spec, split: splits[split])
+    with pytest.raises(ValueError, match="different classes"):
+        training.read_splits("spec.yaml")

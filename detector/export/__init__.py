@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from detector.io import atomic_write_bytes
 from detector.postprocess import decode, portable_nms
-from detector.runtimes import Metadata, metadata_path
+from detector.runtimes import Metadata, load_keras, metadata_path
 
 FORMATS = ("saved_model", "tflite", "onnx")
 INPUT_NAME = "images"
@@ -108,7 +108,7 @@ def load_float32(checkpoint: str) -> keras.Model:
     mixed-precision policy is rebuilt in float32 with the same weights)."""
     from detector.checkpoints import float32_config
 
-    model = keras.models.load_model(checkpoint, safe_mode=True)
+    model = load_keras(checkpoint)
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
     copy = keras.Model.from_config(float32_config(model.get_config()))
