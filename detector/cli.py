@@ -84,7 +84,7 @@ def train_main(argv=None) -> int:
         except (TrainingStopped, ClusterError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 3
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: a path the system refuses
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -147,7 +147,7 @@ def evaluate_main(argv=None) -> int:
         parser.error("--detections needs --data SPEC (the ground truth)")
     try:
         output = evaluate_command(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: a path the system refuses
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:
@@ -267,6 +267,15 @@ def evaluate_checkpoint(args: argparse.Namespace, conf: float, sizes: list[int])
     kwargs = eval_kwargs(cfg.eval if cfg else EvalConfig())
     flags = {"nms_iou": args.iou, "max_detections": args.max_det, "batch_size": args.batch_size}
     kwargs.update({k: v for k, v in flags.items() if v is not None})
+    if detector.model is None and meta.nms:  # the artifact's own NMS runs: say what it runs
+        if args.iou is not None and args.iou != meta.iou_threshold:
+            raise ValueError(
+                f"--iou: this {meta.format} model runs NMS at IoU {meta.iou_threshold:g} "
+                f"inside; export it again with --iou {args.iou:g}"
+            )
+        kwargs["nms_iou"] = meta.iou_threshold
+        kwargs["max_detections"] = min(kwargs["max_detections"], meta.max_detections)
+        kwargs["score_threshold"] = max(kwargs["score_threshold"], meta.score_threshold)
     input_size = args.input_size or meta.input_size
     print(
         f"{args.checkpoint} on {args.split} ({len(dataset.records)} images, {input_size} px): "
@@ -341,7 +350,7 @@ def predict_main(argv=None) -> int:
     args = predict_parser().parse_args(argv)
     try:
         run = prepare_predict(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: a path the system refuses
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:

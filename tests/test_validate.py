@@ -227,3 +227,19 @@ def test_grids_are_skipped_with_a_warning_when_images_are_missing(val, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("warning: no val_pred / val_labels grids") and "gone.jpg" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_is_reported_at_the_nms_it_runs(model, tiny_spec, monkeypatch, tmp_path):
+    baked = Detector(keras_runtime(model, iou_threshold=0.3, max_detections=7))
+    monkeypatch.setattr(Detector, "load", classmethod(lambda cls, path, **kw: baked))
+    code, out, _ = run_cli(["exported.tflite", "--data", str(tiny_spec), "--out", str(tmp_path)])
+    assert "NMS IoU 0.3, <= 7 detections per image" in out
+    code, _, err = run_cli(["exported.tflite", "--data", str(tiny_spec), "--iou", "0.5"])
+    assert code == 2 and err.startswith("error: --iou: this keras model runs NMS at IoU 0.3")
+
+
+def test_an_unusable_out_folder_is_one_error_line(checkpoint, tiny_spec, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli([str(checkpoint), "--data", str(tiny_spec), "--out", str(blocker / "v")])
+    assert code == 2 and err.startswith("error: ") and "file/v" in err and err.count("\n") == 1

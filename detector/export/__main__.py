@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         if argv[:1] == ["benchmark"]:
             return run_benchmark(benchmark_parser().parse_args(argv[1:]))
         return run_export(export_parser().parse_args(argv))
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: a path the system refuses
         print(f"error: {error}", file=sys.stderr)
         return 2
 
