@@ -115,7 +115,13 @@ class Runtime:
         size = self.batch_size
         if size is None or len(images) == size:
             return tuple(np.asarray(t) for t in self.forward(images))
-        parts = [self(images[i : i + size]) for i in range(0, len(images), size)]
+        images, parts = np.asarray(images), []
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            n = len(chunk)
+            if n < size:  # the last chunk is padded to the fixed batch, the padding dropped
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
+            parts.append([np.asarray(t)[:n] for t in self.forward(chunk)])
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 

@@ -395,3 +395,19 @@ def test_cli_missing_files_are_named(forced_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("warning: ") and "x.jpg" in err[0]
     assert err[1] == f"error: SOURCE: no readable image in {tmp_path / 'bad'}"
+
+
+def test_a_fixed_batch_runtime_runs_any_number_of_images():
+    from detector.runtimes import Metadata, Runtime
+
+    def forward(images):  # batch of exactly 2; echoes each image's first pixel as its score
+        assert len(images) == 2
+        first = np.asarray(images, np.float32)[:, 0, 0, 0]
+        count = np.ones(2, np.int32)
+        return np.zeros((2, 1, 4)), first[:, None], np.zeros((2, 1), np.int32), count
+
+    runtime = Runtime(forward, Metadata(["a"], [1], 8, False, [[1.0, 1.0]]), batch_size=2)
+    images = np.arange(3, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
+    boxes, scores, classes, valid = runtime(images)
+    assert boxes.shape == (3, 1, 4) and valid.tolist() == [1, 1, 1]
+    assert scores[:, 0].tolist() == [0.0, 1.0, 2.0]
