@@ -2,7 +2,11 @@
 
 import sys
 
-from detector.cli import evaluate_main
-
 if __name__ == "__main__":
-    sys.exit(evaluate_main())
+    try:  # importing TensorFlow takes seconds: Ctrl-C may land here
+        from detector.cli import evaluate_main
+        from detector.faults import exit_after
+    except KeyboardInterrupt:
+        print("\ninterrupted while starting: nothing was done", file=sys.stderr)
+        sys.exit(130)
+    exit_after(evaluate_main)

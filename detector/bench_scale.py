@@ -18,6 +18,7 @@ lower bound of a cold start.
 """
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -39,8 +40,12 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
     import tensorflow as tf
 
     from detector.bench import _interleaved_step_seconds, _train_model
+    from detector.devices import resolve_precision
 
-    keras.mixed_precision.set_global_policy(cfg.train.precision)
+    precision = resolve_precision(cfg.train.precision)[0]
+    cfg = copy.deepcopy(cfg)  # the resolved precision, for every model built here
+    cfg.train.precision = precision
+    keras.mixed_precision.set_global_policy(precision)
     size, batch, classes = cfg.model.input_size, cfg.data.batch_size, 4
     anchors = [[1.0, 1.0], [2.0, 3.0], [4.0, 2.0], [5.0, 5.0], [8.0, 7.0]]
     grid = size // 32
@@ -68,7 +73,7 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
             "width": cfg.model.width,
             "input_size": size,
             "global_batch": batch,
-            "precision": cfg.train.precision,
+            "precision": precision,
         },
         "step_seconds_one_device": seconds[0],
         "step_seconds_mirrored_2": seconds[1],

@@ -17,13 +17,14 @@ from detector.callbacks import MetricsCSV, NonFiniteGuard
 from detector.checkpoints import BestCocoAP, EvalCopy, SaveLast
 from detector.config import Config, DataConfig, EvalConfig, LossConfig, ModelConfig, TrainConfig
 from detector.data.augment import build_augmenter
-from detector.data.pipeline import TrainInput, make_train_dataset
+from detector.data.pipeline import CloseMosaic, MosaicSwitch, TrainInput, make_train_dataset
 from detector.data.records import Dataset
+from detector.devices import resolve_jit_compile
 from detector.distribute import ChiefOnly, Cluster, SyncStop
 from detector.evaluation import STAT_NAMES
 from detector.loss import TERMS, YoloLoss, identity_loss
-from detector.model import build_inference_model, build_training_model
-from detector.schedule import LearningRateCallback, TimeBudget
+from detector.model import build_inference_model, build_training_model, freeze_layers
+from detector.schedule import DarknetSchedule, LearningRateCallback, TimeBudget
 from detector.state import RunState
 
 
@@ -43,6 +44,8 @@ class RunPlan:
         done: int. Epochs completed before this session. Defaults to 0.
         best_ap: float. Best AP so far (-1: none). Defaults to -1.
         spent: float. Seconds spent by earlier sessions. Defaults to 0.
+        mosaic_switch: MosaicSwitch. Shared by the training input (reads it) and the
+            callbacks (`CloseMosaic` closes it with ``train.close_mosaic`` < 1).
     """
 
     config: Config
@@ -55,6 +58,9 @@ class RunPlan:
     done: int = 0
     best_ap: float = -1.0
     spent: float = 0.0
+    mosaic_switch: MosaicSwitch = dataclasses.field(
+        default_factory=MosaicSwitch, compare=False, repr=False
+    )
 
 
 def choose_anchors(model: ModelConfig, train: Dataset, *, seed: int, letterbox: bool) -> list:
@@ -84,7 +90,8 @@ def make_augmenter(data: DataConfig):
 
 def make_model(cfg: Config, train: Dataset, anchors, *, init_weights: bool) -> keras.Model:
     """The inference model for the training split's classes (+ ``model.init_weights``
-    when `init_weights`, i.e. not for a resumed run, whose state replaces them)."""
+    when `init_weights`, i.e. not for a resumed run, whose state replaces them), its first
+    ``train.freeze`` convolutions frozen."""
     model = build_inference_model(
         len(train.names),
         anchors,
@@ -102,6 +109,9 @@ def make_model(cfg: Config, train: Dataset, anchors, *, init_weights: bool) -> k
 
         loaded, total = load_init_weights(model, path)
         print(f"init weights: {loaded} of {total} conv layers loaded from {path}")
+    if cfg.train.freeze:
+        frozen = freeze_layers(model, cfg.train.freeze)
+        print(f"train.freeze: conv_1..conv_{frozen} and their BatchNorm frozen")
     return model
 
 
@@ -130,13 +140,45 @@ def make_loss(loss: LossConfig, *, anchors, num_classes: int) -> YoloLoss:
         warmup_images=loss.warmup_images,
         prior_scale=loss.prior_scale,
         objectness=loss.objectness,
+        box=loss.box,
         name="yolo_loss",
     )
 
 
-def make_optimizer(train: TrainConfig, lr: float | None = None) -> keras.optimizers.Optimizer:
-    """The configured optimiser; its learning rate is then driven by
-    ``schedule.LearningRateCallback`` (``lr``: the initial value, default ``train.lr``).
+def make_schedule(train: TrainConfig, *, lr: float, steps: int) -> DarknetSchedule:
+    """The run's learning rate: burn-in then ``train.schedule``, peak `lr`, over
+    ``train.epochs`` epochs of `steps` steps (create it inside the strategy's scope: it
+    holds the time-budget variable).
+
+    Raises:
+        ValueError: ``train.steps_per_execution`` does not divide `steps` (Keras runs whole
+            executions, so each epoch would run extra steps, moving the data stream and the
+            schedule away from what a resume recomputes).
+    """
+    if steps % train.steps_per_execution:
+        raise ValueError(
+            f"train.steps_per_execution: {train.steps_per_execution} does not divide the "
+            f"{steps} steps of an epoch (training images // data.batch_size); use a divisor"
+        )
+    return DarknetSchedule(
+        base_lr=lr,
+        total_steps=steps * train.epochs,
+        warmup_steps=int(train.warmup_epochs * steps),
+        schedule=train.schedule,
+        final_fraction=train.final_lr_fraction,
+        power=train.warmup_power,
+        decay_steps=[int(round(epoch * steps)) for epoch in train.steps],
+        factor=train.step_factor,
+    )
+
+
+def make_optimizer(train: TrainConfig, lr=None) -> keras.optimizers.Optimizer:
+    """The configured optimiser.
+
+    Args:
+        train: TrainConfig.
+        lr: float, LearningRateSchedule or None. The learning rate (the run passes its
+            `make_schedule`, evaluated inside the train step). Defaults to ``train.lr``.
 
     SGD (darknet's) and AdamW decay the conv kernels only, not BatchNorm or biases.
     """
@@ -157,14 +199,27 @@ def make_optimizer(train: TrainConfig, lr: float | None = None) -> keras.optimiz
     return optimizer
 
 
-def make_training_model(cfg: Config, inference: keras.Model, lr: float) -> keras.Model:
-    """The inference model wrapped with the loss layer, compiled with the identity loss
-    (call it inside the strategy's scope)."""
+def make_training_model(cfg: Config, inference: keras.Model, lr) -> keras.Model:
+    """The inference model wrapped with the loss layer, compiled with the identity loss,
+    ``train.jit_compile`` and ``train.steps_per_execution`` (call it inside the
+    strategy's scope; `lr` as `make_optimizer`'s). ``jit_compile: auto`` is resolved for
+    the current strategy and devices (`detector.devices.resolve_jit_compile`; ``run``
+    passes it resolved already). Under ``mixed_float16`` Keras wraps the optimiser in a
+    ``LossScaleOptimizer`` itself."""
+    import tensorflow as tf
+
     head = inference.get_layer("yolo_head")
     loss = make_loss(cfg.loss, anchors=head.anchors, num_classes=len(head.class_names))
     model = build_training_model(inference, loss, cfg.data.max_boxes)
-    optimizer = make_optimizer(cfg.train, lr)
-    model.compile(optimizer=optimizer, loss=identity_loss, jit_compile=cfg.train.jit_compile)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    jit, _ = resolve_jit_compile(cfg.train.jit_compile, replicas, gpus)
+    model.compile(
+        optimizer=make_optimizer(cfg.train, lr),
+        loss=identity_loss,
+        jit_compile=jit,
+        steps_per_execution=cfg.train.steps_per_execution,
+    )
     return model
 
 
@@ -186,7 +241,22 @@ def make_train_input(cfg: Config, train: Dataset, plan: RunPlan) -> TrainInput:
         multiscale_every=data.multiscale_every,
         start_step=plan.done * plan.steps,
         cache_mb=data.cache_mb,
+        mosaic=data.mosaic,
+        mixup=data.mixup,
+        mosaic_until=_mosaic_until(cfg, plan),
+        mosaic_switch=plan.mosaic_switch,
     )
+
+
+def _mosaic_until(cfg: Config, plan: RunPlan) -> int | None:
+    """Stream position where ``train.close_mosaic`` turns mosaic off: the last N epochs
+    (>= 1), or without a time budget the last fraction of the epochs (< 1); None when it
+    never does or the time budget decides (`CloseMosaic`)."""
+    close, train = cfg.train.close_mosaic, cfg.train
+    if close <= 0 or (close < 1 and train.max_minutes > 0):
+        return None
+    epochs = train.epochs - close if close >= 1 else train.epochs * (1 - close)
+    return max(0, round(epochs * plan.steps)) * cfg.data.batch_size
 
 
 def make_datasets(spec: TrainInput, cluster: Cluster):
@@ -229,46 +299,60 @@ class RunCallbacks:
 
 
 def make_callbacks(
-    cfg: Config, *, plan: RunPlan, cluster: Cluster, inference, val, coco_gt, start: float
+    cfg: Config,
+    *,
+    plan: RunPlan,
+    cluster: Cluster,
+    inference,
+    val,
+    coco_gt,
+    start: float,
+    schedule: DarknetSchedule,
 ) -> RunCallbacks:
-    """The run's callbacks, in an order that matters (Keras calls them in list order):
+    """The run's callbacks, in an order that matters (Keras calls them in list order).
+    `schedule` is the optimiser's (`make_schedule`): TimeBudget writes the share of the
+    budget spent into it, LearningRateCallback reads the lr from it.
 
     1. NonFiniteGuard first: it raises at a bad batch before any callback sees the epoch.
-    2. LearningRateCallback: sets the lr before each batch; its epoch-end ``lr`` must be in
-       the logs before MetricsCSV and TensorBoard write them.
+    2. LearningRateCallback: its epoch-end ``lr`` must be in the logs before MetricsCSV
+       and TensorBoard write them.
     3. TimeBudget before BestCocoAP: a spent budget sets ``stop_training`` at the epoch
        end first, so that epoch's evaluation is the final one.
     4. The chief's own (BestCocoAP → SaveLast → MetricsCSV): the CSV row needs the AP
        BestCocoAP puts in the logs. In a multi-worker run they sit inside ChiefOnly, so an
        error in them stops every worker at the epoch end instead of stranding them.
-    5. TensorBoard after everything that adds to the logs.
+    5. TensorBoard after everything that adds to the logs. With ``eval.async`` MetricsCSV
+       and TensorBoard sit inside BestCocoAP's ``LateLogs`` (at MetricsCSV's place),
+       which hands them each epoch's logs once its AP is known.
     6. SyncStop (multi-worker) after every callback that may stop training.
     7. RunState last: the state is saved once everything else is done with the epoch
        (best AP and time spent included).
     """
     train = cfg.train
     sync = cluster.all_max if cluster.multi_worker else None
-    budget = TimeBudget(train.max_minutes, start, spent_before=plan.spent, sync=sync)
-    schedule = LearningRateCallback(
-        budget,
-        base_lr=plan.lr,
-        total_steps=plan.steps * train.epochs,
-        warmup_steps=int(train.warmup_epochs * plan.steps),
-        schedule=train.schedule,
-        final_fraction=train.final_lr_fraction,
-        power=train.warmup_power,
-        decay_steps=[int(round(epoch * plan.steps)) for epoch in train.steps],
-        factor=train.step_factor,
+    budget = TimeBudget(
+        train.max_minutes,
+        start,
+        spent_before=plan.spent,
+        sync=sync,
+        share=schedule.time_fraction,
     )
-    out = RunCallbacks([NonFiniteGuard(), schedule, budget], budget)
+    out = RunCallbacks([NonFiniteGuard(), LearningRateCallback(schedule), budget], budget)
+    if 0 < train.close_mosaic < 1 and train.max_minutes > 0:
+        out.callbacks.append(CloseMosaic(plan.mosaic_switch, budget, train.close_mosaic))
     if cluster.is_chief:
         out.best, chief = _chief_callbacks(cfg, plan, inference, val, coco_gt)
         if cluster.multi_worker:
             out.chief_only = ChiefOnly(chief)
             chief = [out.chief_only]
         out.callbacks += chief
-    tensorboard = os.path.join(plan.write_dir, "tensorboard")
-    out.callbacks.append(keras.callbacks.TensorBoard(tensorboard, write_graph=False))
+    tensorboard = keras.callbacks.TensorBoard(
+        os.path.join(plan.write_dir, "tensorboard"), write_graph=False
+    )
+    if out.best is not None and out.best.late_logs is not None:
+        out.best.late_logs.callbacks.append(tensorboard)  # eval.async: with the epoch's AP
+    else:
+        out.callbacks.append(tensorboard)
     if sync is not None:
         out.sync_stop = SyncStop(cluster.all_max, failed=out.chief_failed)
         out.callbacks.append(out.sync_stop)
@@ -293,6 +377,8 @@ def _chief_callbacks(cfg: Config, plan: RunPlan, inference, val, coco_gt):
         best_ap=plan.best_ap,
         patience=cfg.train.patience,
         image_dir=os.path.join(run_dir, "tensorboard", "images"),
+        background=cfg.eval.async_,
+        cache_mb=cfg.eval.cache_mb,
         **eval_kwargs(cfg.eval),
     )
     csv = MetricsCSV(
@@ -300,4 +386,7 @@ def _chief_callbacks(cfg: Config, plan: RunPlan, inference, val, coco_gt):
         ["lr", "loss", *TERMS, *STAT_NAMES],
         plot_path=os.path.join(run_dir, "curves.png"),
     )
+    if best.late_logs is not None:  # eval.async: the row waits for its epoch's AP
+        best.late_logs.callbacks.append(csv)
+        csv = best.late_logs
     return best, [best, SaveLast(eval_copy, os.path.join(run_dir, "last.keras")), csv]

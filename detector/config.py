@@ -10,28 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import keyword
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 import yaml
 
+from detector.config_rules import PUBLISHED_ANCHORS, check_value
+from detector.data.image_checks import MAX_PIXELS
 from detector.io import atomic_write_text
 from detector.safe_yaml import load_file, load_text, short
 from detector.yaml_types import convert
-
-# Darknet's published YOLOv2 anchors as its cfg files write them (yolov2-voc.cfg,
-# yolov2.cfg): w,h pairs in 13x13 grid cells.
-_DARKNET_ANCHORS = {
-    "voc": "1.3221,1.73145, 3.19275,4.00944, 5.05587,8.09892, 9.47112,4.84053, 11.2364,10.0071",
-    "coco": "0.57273,0.677385, 1.87446,2.06253, 3.33843,5.47434, 7.88282,3.52778, 9.77052,9.16828",
-}
-PUBLISHED_ANCHORS: dict[str, tuple[tuple[float, float], ...]] = {
-    name: tuple((float(w), float(h)) for w, h in (pair.split(",") for pair in text.split(", ")))
-    for name, text in _DARKNET_ANCHORS.items()
-}
 
 
 @dataclass
@@ -57,7 +49,13 @@ class DataConfig:
     jitter (zoom range; shift as a fraction of the image). `letterbox`: keep the aspect
     ratio and pad (else plain resize, as YOLOv2). `multiscale` = [min, max] input sizes
     (multiples of 32) drawn anew every `multiscale_every` batches, or [] = off.
-    `cache_mb`: keep decoded training images in memory when they fit (0 = never)."""
+    `cache_mb`: keep decoded training images in memory when they fit (0 = never).
+    `mosaic`: probability that a training example is a mosaic of 4 images (darknet /
+    Ultralytics style; record lists only, not packed records). `mixup`: probability that
+    an example is blended with a second one (beta(32, 32) ratio, boxes of both kept).
+    `max_pixels`: images whose header declares more pixels are skipped without being
+    decoded (counted as `image_too_large`); at most Pillow's decompression-bomb limit,
+    89 478 485, the default, which prediction and the input pipeline also apply."""
 
     spec: str = "configs/data/synthetic.yaml"
     batch_size: int = 16
@@ -74,12 +72,16 @@ class DataConfig:
     multiscale: list[int] = field(default_factory=list)
     multiscale_every: int = 10
     cache_mb: float = 2048.0
+    mosaic: float = 0.0
+    mixup: float = 0.0
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass
 class LossConfig:
     """YOLOv2 region-loss scales; `warmup_images` = seen images of prior-matching warm-up;
-    `iou_thresh` < 1 also assigns a box to other anchors of its cell above that shape IoU."""
+    `iou_thresh` < 1 also assigns a box to other anchors of its cell above that shape IoU.
+    `box`: the coordinate term, "mse" (darknet's) or "ciou" (1 - complete IoU, YOLOv4)."""
 
     coord_scale: float = 1.0
     object_scale: float = 5.0
@@ -91,6 +93,7 @@ class LossConfig:
     prior_scale: float = 0.01
     objectness: str = "mse"
     iou_thresh: float = 1.0
+    box: str = "mse"
 
 
 @dataclass
@@ -103,13 +106,25 @@ class TrainConfig:
     exponential moving average of the weights kept by the optimiser and used for
     evaluation and checkpoints (0 = off). `max_minutes`: wall-clock budget (0 = none).
     `patience`: stop after this many evaluations without a better AP (0 = never).
-    `jit_compile`: XLA for the train step.
+    `precision`: float32 | mixed_bfloat16 | mixed_float16 | auto (bfloat16 on GPUs of
+    compute capability >= 8.0 and on CPUs with AMX/AVX512-BF16, float16 on older GPUs,
+    else float32; the resolved value is printed at start and is what the run uses).
+    `jit_compile`: XLA for the train step, true | false | auto (on with one replica; off
+    under a multi-replica strategy, where XLA cannot compile Keras' cross-replica
+    optimizer update). `steps_per_execution`: train steps per call of the compiled
+    function (batch callbacks, the NaN check among them, run once per call); it must
+    divide the steps of an epoch.
     `distribute`: tf.distribute strategy, auto | none | mirrored | multi_worker (auto:
     multi_worker when TF_CONFIG names several workers, mirrored with several GPUs);
     `devices`: the mirrored devices (empty = all GPUs); `data.batch_size` is the global
     batch, split over the replicas; `scale_lr`: multiply `lr` by the number of replicas;
     `sync_batchnorm`: BatchNorm statistics over the global batch instead of each
     replica's part. See docs/distributed.md.
+    `freeze`: fine-tuning, the first N convolutions (with their BatchNorm, then in
+    inference mode) not trained, or "backbone" (darknet's ImageNet feature extractor:
+    18 convolutions of darknet19, 7 of tiny); 0 = none.
+    `close_mosaic`: mosaic off for the end of training: the last N epochs when >= 1, or
+    the last fraction of the wall-clock budget (`max_minutes`) when < 1; 0 = never.
     """
 
     epochs: int = 100
@@ -128,18 +143,32 @@ class TrainConfig:
     max_minutes: float = 0.0
     patience: int = 0
     seed: int = 0
-    precision: str = "float32"
-    jit_compile: bool = False
+    precision: str = "auto"
+    jit_compile: bool | str = "auto"
+    steps_per_execution: int = 1
     distribute: str = "auto"
     devices: list[str] = field(default_factory=list)
     scale_lr: bool = False
     sync_batchnorm: bool = False
+    freeze: int | str = 0
+    close_mosaic: float = 0.0
     run_dir: str = "runs/default"
 
 
 @dataclass
 class EvalConfig:
-    """COCO evaluation during training and in evaluate.py; see `is_eval_epoch`."""
+    """COCO evaluation during training and in evaluate.py; see `is_eval_epoch`.
+
+    `async_` (YAML key ``eval.async``): evaluate a copy of the weights taken at the epoch
+    end (EMA included) in a background thread while training goes on; the same AP picks
+    best.keras, and an epoch's row of metrics.csv and TensorBoard is written once its
+    evaluation is done (at the latest at the next epoch end). Default false: evaluate at
+    the epoch end. See docs/gpu.md.
+
+    `cache_mb`: keep the validation images, decoded and resized (uint8), in memory from
+    the first evaluation of a run on, when they fit in this many MB (0 = read them at
+    every evaluation); apart from ``data.cache_mb``, the training images' budget.
+    """
 
     every: int = 1
     warmup: int = 0
@@ -147,6 +176,8 @@ class EvalConfig:
     nms_iou: float = 0.45
     max_detections: int = 100
     batch_size: int = 16
+    async_: bool = False
+    cache_mb: float = 1024.0
 
     def is_eval_epoch(self, epoch: int) -> bool:
         """Whether to evaluate after `epoch` (1-based): epochs warmup + every, warmup + 2*every...
@@ -168,74 +199,24 @@ class Config:
 
 
 _SECTIONS: dict[str, type] = get_type_hints(Config)
+
+
+def _yaml_key(field_name: str) -> str:
+    """A field's YAML key: the field name, without the ``_`` that a Python keyword needs
+    as a field (``async_`` is ``eval.async``)."""
+    stem = field_name.removesuffix("_")
+    return stem if keyword.iskeyword(stem) else field_name
+
+
+def _field_name(yaml_key: str) -> str:
+    """The dataclass field of a YAML key (the inverse of `_yaml_key`)."""
+    return f"{yaml_key}_" if keyword.iskeyword(yaml_key) else yaml_key
+
+
 _HINTS: dict[str, Any] = {
-    f"{name}.{key}": hint
+    f"{name}.{_yaml_key(key)}": hint
     for name, cls in _SECTIONS.items()
     for key, hint in get_type_hints(cls).items()
-}
-
-
-def _is_range(v: list[float], step: int = 0) -> bool:
-    return len(v) == 2 and 0 < v[0] <= v[1] and all(x % step == 0 for x in v if step)
-
-
-def _is_anchor_list(v: list[list[float]]) -> bool:
-    return bool(v) and all(len(pair) == 2 and min(pair) > 0 for pair in v)
-
-
-_Rule = tuple[Callable[[Any], bool], str]
-
-
-def _one_of(*choices: str) -> _Rule:
-    return (lambda v: v in choices), f"one of {list(choices)}"
-
-
-_RULES: dict[str, _Rule] = {
-    "model.variant": _one_of("darknet19", "tiny"),
-    "model.anchors": (
-        (lambda v: v in ("auto", *PUBLISHED_ANCHORS) if isinstance(v, str) else _is_anchor_list(v)),
-        f"one of {['auto', *PUBLISHED_ANCHORS]} or a non-empty list of [w, h] > 0 (grid cells)",
-    ),
-    "train.optimizer": _one_of("adam", "sgd", "adamw"),
-    "loss.objectness": _one_of("mse", "bce"),
-    "train.precision": _one_of("float32", "mixed_float16", "mixed_bfloat16"),
-    "train.schedule": _one_of("cosine", "steps", "constant"),
-    "train.distribute": _one_of("auto", "none", "mirrored", "multi_worker"),
-    "train.steps": ((lambda v: all(x > 0 for x in v)), "a list of epochs > 0"),
-    "train.ema_momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
-    "train.step_factor": ((lambda v: v > 0), "> 0"),
-    **dict.fromkeys(("model.width", "train.lr"), ((lambda v: v > 0), "> 0")),
-    "model.input_size": ((lambda v: v > 0 and v % 32 == 0), "a positive multiple of 32"),
-    "data.workers": ((lambda v: v == -1 or v >= 1), "-1 (AUTOTUNE) or >= 1"),
-    "data.scale": (_is_range, "[min, max] with 0 < min <= max"),
-    "data.multiscale": ((lambda v: not v or _is_range(v, 32)), "[] or [min, max] multiples of 32"),
-    "data.hue": ((lambda v: 0 <= v <= 0.5), "in [0, 0.5]"),
-    **dict.fromkeys(("data.saturation", "data.exposure"), ((lambda v: v >= 1), ">= 1")),
-    "train.run_dir": ((lambda v: v != ""), "a non-empty path"),
-    **dict.fromkeys(
-        (
-            "model.num_anchors data.batch_size data.max_boxes train.epochs "
-            "data.multiscale_every eval.every eval.max_detections eval.batch_size"
-        ).split(),
-        ((lambda v: v >= 1), ">= 1"),
-    ),
-    **dict.fromkeys(
-        (
-            "loss.coord_scale loss.object_scale loss.noobject_scale loss.class_scale "
-            "loss.warmup_images loss.prior_scale train.weight_decay train.warmup_epochs "
-            "train.max_minutes eval.warmup train.clip_norm train.patience data.cache_mb "
-            "train.warmup_power train.seed"
-        ).split(),
-        ((lambda v: v >= 0), ">= 0"),
-    ),
-    **dict.fromkeys(
-        (
-            "data.hflip data.translate data.min_visibility loss.ignore_thresh "
-            "loss.iou_thresh train.momentum train.final_lr_fraction eval.score_threshold "
-            "eval.nms_iou"
-        ).split(),
-        ((lambda v: 0 <= v <= 1), "in [0, 1]"),
-    ),
 }
 
 
@@ -259,9 +240,11 @@ def _unknown_key(key: str) -> ValueError:
 
 def _typed(key: str, value: Any) -> Any:
     """Return `value` converted to the annotated type of `key`, or raise a ValueError."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"config key {key!r}: contains a NUL character: {short(value)}")
     try:
         return convert(value, _HINTS[key])
-    except TypeError:
+    except (TypeError, OverflowError):  # OverflowError: an int beyond float64 for a float
         hint = _HINTS[key]
         expected = str(hint) if get_args(hint) else hint.__name__
         raise ValueError(
@@ -308,12 +291,6 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key, load_text(raw, f"override {short(text)}: value")
 
 
-def _check(key: str, value: Any) -> None:
-    """Raise a ValueError naming `key` and `value` if the value breaks the key's rule."""
-    if key in _RULES and not _RULES[key][0](value):
-        raise ValueError(f"config key {key!r}: must be {_RULES[key][1]}, got {short(value)}")
-
-
 def _resolve_anchors(model: ModelConfig) -> None:
     """Replace "voc"/"coco" by darknet's anchors; a list of anchors sets num_anchors."""
     if isinstance(model.anchors, str) and model.anchors in PUBLISHED_ANCHORS:
@@ -325,20 +302,21 @@ def _resolve_anchors(model: ModelConfig) -> None:
 def _build(tree: dict[str, dict[str, Any]]) -> Config:
     """Type-check, construct and value-check a Config from a {section: {key: value}} tree."""
     sections = {
-        name: cls(**{key: _typed(f"{name}.{key}", v) for key, v in tree[name].items()})
+        name: cls(**{_field_name(k): _typed(f"{name}.{k}", v) for k, v in tree[name].items()})
         for name, cls in _SECTIONS.items()
     }
     cfg = Config(**sections)
     for key in _HINTS:
         section, name = key.split(".")
-        _check(key, getattr(getattr(cfg, section), name))
+        check_value(key, getattr(getattr(cfg, section), _field_name(name)))
     _resolve_anchors(cfg.model)
     return cfg
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     """Return `cfg` as plain nested dicts {section: {key: value}} (YAML-serialisable)."""
-    return dataclasses.asdict(cfg)
+    tree = dataclasses.asdict(cfg)
+    return {name: {_yaml_key(k): v for k, v in keys.items()} for name, keys in tree.items()}
 
 
 def load_config(

@@ -74,44 +74,6 @@ def resolve_kind(kind: str, num_gpus: int, num_workers: int) -> str:
     return "mirrored" if num_gpus > 1 else "none"
 
 
-def describe_devices() -> str:
-    """The GPUs this process sees, e.g. "GPU x2 (NVIDIA A100-SXM4-40GB, NVIDIA
-    A100-SXM4-40GB)", or "CPU only" (for the run's first lines: a job that silently
-    fell back to the CPU is seen at once)."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return "CPU only"
-    names = [tf.config.experimental.get_device_details(gpu).get("device_name") for gpu in gpus]
-    names = [name or gpu.name for name, gpu in zip(names, gpus, strict=True)]
-    return f"GPU x{len(gpus)} ({', '.join(names)})"
-
-
-def check_precision(precision: str, gpus: int | None = None) -> None:
-    """Refuses ``mixed_float16`` without a GPU: the CPU has no fast float16 arithmetic,
-    so it would run slower than float32 (bfloat16 is the CPU's half precision).
-
-    Args:
-        precision: str. ``train.precision``.
-        gpus: int or None. GPUs this process sees. Defaults to None (asks TensorFlow).
-
-    Raises:
-        ValueError: float16 with no GPU.
-    """
-    if precision != "mixed_float16":
-        return
-    if gpus is None:
-        import tensorflow as tf
-
-        gpus = len(tf.config.list_physical_devices("GPU"))
-    if gpus == 0:
-        raise ValueError(
-            "train.precision: mixed_float16 needs a GPU (this process sees CPU only); "
-            "use mixed_bfloat16 or float32"
-        )
-
-
 @dataclasses.dataclass
 class Cluster:
     """This process's place in a (possibly one-process, one-device) training job.

@@ -4,20 +4,29 @@ The one evaluation path: the ``BestCocoAP`` callback and ``evaluate.py`` both ca
 ``evaluate_model``, so the AP printed during training is the AP of the checkpoint; it
 scores an exported model (a `detector.runtimes.Runtime`) or a `detector.predict.Detector`
 the same way. The ground truth is `detector.data.coco.ground_truth`.
+
+A Keras model's detections stay arrays batch by batch (`batch_coco_detections` in
+`detector.results`), and `EvalImages` keeps the resized validation batches in memory
+across the evaluations of a training run, since they never change.
 """
 
 import contextlib
 import io
 import json
 
+import keras
 import numpy as np
+import tensorflow as tf
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.data.coco import ground_truth
-from detector.data.records import Dataset
+from detector.data.records import Dataset, Records
+from detector.forward import make_predict_fn
 from detector.io import atomic_write_text
+from detector.model import head_metadata
 from detector.predict import iter_results
+from detector.results import CocoDetections, batch_coco_detections
 from detector.streaming_eval import StreamingCocoEval
 
 STAT_NAMES = (
@@ -116,6 +125,45 @@ def pr_curves(evaluator: COCOeval) -> dict:
     }
 
 
+class EvalImages:
+    """The evaluation batches of a split (``data.pipeline.make_eval_dataset``), kept in
+    memory as uint8 after their first full pass when they fit in `cache_mb`: a training
+    run evaluates the same images at every evaluation, so they are read, decoded and
+    resized once.
+
+    Args:
+        records: Records. The split's images, in evaluation order.
+        cache_mb: float. Memory allowed for the resized images, MB (1e6 bytes); 0 = read
+            them at every pass. Defaults to 0.
+    """
+
+    def __init__(self, records: Records, cache_mb: float = 0.0):
+        self.records = records
+        self.cache_mb = float(cache_mb)
+        self._datasets: dict[tuple, tf.data.Dataset] = {}
+
+    def fits(self, input_size: int) -> bool:
+        """Whether the split's resized uint8 images fit in the budget."""
+        return len(self.records) * input_size * input_size * 3 <= self.cache_mb * 1e6
+
+    def batches(self, input_size: int, batch_size: int, letterbox: bool) -> tf.data.Dataset:
+        """(images (B, S, S, 3) float32 0..255, record indices (B,)) in record order."""
+        from detector.data.pipeline import make_eval_dataset  # imports albumentations
+
+        key = (int(input_size), int(batch_size), bool(letterbox))
+        if key in self._datasets:
+            return self._datasets[key]
+        ds = make_eval_dataset(self.records, *key)
+        if self.fits(input_size):
+            # The pixels are whole numbers 0..255: uint8 holds them exactly at 1/4 of
+            # float32's memory. Only the budget's one entry is kept.
+            ds = ds.map(lambda images, index: (tf.cast(images, tf.uint8), index)).cache()
+            ds = ds.map(lambda images, index: (tf.cast(images, tf.float32), index))
+            self._datasets = {key: ds.prefetch(tf.data.AUTOTUNE)}
+            return self._datasets[key]
+        return ds
+
+
 def evaluate_model(
     model,
     dataset: Dataset,
@@ -123,20 +171,85 @@ def evaluate_model(
     coco_gt: COCO | None = None,
     curves=None,
     chunk_images: int = 64,
+    images: EvalImages | None = None,
+    keep_results: bool = True,
     **predict_kwargs,
 ) -> tuple[dict, list[dict]]:
-    """Predicts the dataset (`detector.predict.iter_results`, which `predict_kwargs` go
-    to) and scores it with COCOeval. Returns (metrics, results).
+    """Predicts the dataset and scores it with COCOeval. Returns (metrics, results).
 
     `model`: a Keras inference model, a `detector.runtimes.Runtime` (an exported model)
-    or a `detector.predict.Detector`.
+    or a `detector.predict.Detector` (`detector.predict.iter_results`, which
+    `predict_kwargs` go to: batch_size, score_threshold, nms_iou, max_detections,
+    predict_fn).
 
     `coco_gt`: the ground truth, when the caller has it already (default: built from
     `dataset`). The per-image matching of every `chunk_images` images runs in a worker
     thread while the model predicts the next ones (`detector.streaming_eval`); the numbers
-    are those of one COCOeval over all results."""
+    are those of one COCOeval over all results. `images`: the split's `EvalImages` to
+    reuse across calls (a Keras model only; default: the images are read again).
+    `keep_results`: return the COCO results list (else an empty list: a training run
+    needs the metrics only). Defaults to True."""
     coco_gt = coco_gt or ground_truth(dataset)
     stream = StreamingCocoEval(coco_gt)
+    if isinstance(model, keras.Model):
+        images = images or EvalImages(dataset.records)
+        parts = _stream_keras(
+            model, dataset, input_size, stream, images, chunk_images, **predict_kwargs
+        )
+        found = any(len(part) for part in parts)
+        results = [r for part in parts for r in part.to_results()] if keep_results else []
+    else:
+        results = _stream_results(
+            model, dataset, input_size, stream, chunk_images, **predict_kwargs
+        )
+        found = bool(results)
+    evaluator = stream.finish()
+    if not found:
+        return empty_metrics(coco_gt), []
+    return metrics_of(evaluator, coco_gt, curves), results
+
+
+def _stream_keras(
+    model: keras.Model,
+    dataset: Dataset,
+    input_size: int,
+    stream: StreamingCocoEval,
+    images: EvalImages,
+    chunk_images: int,
+    batch_size: int = 16,
+    score_threshold: float = 0.005,
+    nms_iou: float = 0.45,
+    max_detections: int = 100,
+    predict_fn=None,
+) -> list:
+    """Feeds `stream` the detections of a Keras model, `chunk_images` images at a time;
+    returns the `CocoDetections` of every batch."""
+    predict = predict_fn or make_predict_fn(model, score_threshold, nms_iou, max_detections)
+    letterbox = head_metadata(model).letterbox
+    records = dataset.records
+    shapes = np.array([(r.height, r.width) for r in records], np.int64).reshape(-1, 2)
+    ids = np.array([int(r.image_id) for r in records], np.int64)
+    found, pending, pending_ids = [], [], []
+    for batch, indices in images.batches(input_size, batch_size, letterbox):
+        outputs = tuple(t.numpy() for t in predict(batch))
+        rows = indices.numpy()
+        detections = batch_coco_detections(
+            outputs, shapes[rows], ids[rows], input_size, letterbox, dataset.category_ids
+        )
+        found.append(detections)
+        pending.append(detections)
+        pending_ids += ids[rows].tolist()
+        if len(pending_ids) >= chunk_images:
+            stream.add_detections(CocoDetections.concat(pending), pending_ids)
+            pending, pending_ids = [], []
+    if pending_ids:
+        stream.add_detections(CocoDetections.concat(pending), pending_ids)
+    return found
+
+
+def _stream_results(model, dataset, input_size, stream, chunk_images, **predict_kwargs) -> list:
+    """Feeds `stream` the results of a Runtime or Detector (`iter_results`), `chunk_images`
+    images at a time; returns them all."""
     all_results, pending, pending_ids = [], [], []
     for results, image_ids in iter_results(model, dataset, input_size, **predict_kwargs):
         all_results += results
@@ -147,10 +260,7 @@ def evaluate_model(
             pending, pending_ids = [], []
     if pending_ids:
         stream.add(pending, pending_ids)
-    if not all_results:
-        stream.finish()
-        return empty_metrics(coco_gt), all_results
-    return metrics_of(stream.finish(), coco_gt, curves), all_results
+    return all_results
 
 
 def format_metrics(metrics: dict) -> str:

@@ -4,6 +4,10 @@ Every writer goes through a temporary file beside the target (same folder, so th
 rename is atomic), flushed to disk before it replaces the target. The temporary file is
 created with mode 0o666 and the kernel applies the process umask, so the result gets the
 permissions any ``open(path, "w")`` would give; no process state is changed.
+
+A write the system refuses (disk full, read-only, permission) raises the ``OSError`` with
+``filename`` set to the target (not the temporary name), after the temporary file is gone:
+the target keeps its previous content.
 """
 
 import contextlib
@@ -25,6 +29,21 @@ def _create_temporary(path: str, suffix: str) -> str:
     return tmp
 
 
+def _commit(tmp: str, path: str) -> None:
+    """Flushes ``tmp`` to disk and renames it onto ``path`` (the step where a full disk
+    shows at the latest: file systems may delay allocation until the flush)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _remove(tmp: str) -> None:
+    """Removes a temporary file; a refusal (e.g. the file system turned read-only) is
+    left to `detector.runlock.clean_temporaries`, not raised over the write's own error."""
+    with contextlib.suppress(OSError):
+        os.remove(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str = "") -> Iterator[str]:
     """Yields a temporary path beside ``path``; renames it onto ``path`` on success.
@@ -38,15 +57,28 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[str]:
     ``path`` is untouched.
     """
     path = os.fspath(path)
-    tmp = _create_temporary(path, suffix)
+    try:
+        tmp = _create_temporary(path, suffix)
+    except OSError as error:
+        raise _naming(error, path) from None
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _commit(tmp, path)
+    except OSError as error:
+        raise _naming(error, path, tmp) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        _remove(tmp)
+
+
+def _naming(error: OSError, path: str, tmp: str | None = None) -> OSError:
+    """`error` with ``filename`` the target `path` when it named none, the temporary file
+    or its folder (the user knows the target, not our temporary names). An error without
+    an errno (a library's message) is left as it is: its text is all it has."""
+    folder = os.path.dirname(os.path.abspath(path))
+    named = error.filename in (None, tmp, folder) or error.filename == os.path.dirname(path)
+    if named and error.errno is not None:
+        error.filename = path
+    return error
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

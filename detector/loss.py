@@ -5,6 +5,8 @@ Units: raw predictions are darknet's ``tx, ty, tw, th, to`` + class logits per a
 (0..1); anchors are in grid cells. The box codec is ``detector.grid``.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -28,6 +30,28 @@ def elementwise_iou_cxcywh(a, b):
     inter = ops.prod(ops.maximum(bottom_right - top_left, 0.0), axis=-1)
     union = ops.prod(a[..., 2:], axis=-1) + ops.prod(b[..., 2:], axis=-1) - inter
     return inter / ops.maximum(union, 1e-9)
+
+
+def elementwise_ciou_cxcywh(pred, truth):
+    """Complete IoU (Zheng et al., 2020) of boxes pred (..., 4) and truth (..., 4), cxcywh.
+
+    CIoU = IoU - d² / c² - alpha·v: d is the distance of the centres, c the diagonal of
+    the smallest box enclosing both, v = (4/pi²)·(atan(w_t/h_t) - atan(w_p/h_p))² the
+    aspect-ratio mismatch and alpha = v / (1 - IoU + v), held constant for the gradient.
+    1 for identical boxes, down to -1. Returns (...).
+    """
+    iou = elementwise_iou_cxcywh(pred, truth)
+    enclose = ops.maximum(pred[..., :2] + pred[..., 2:] / 2, truth[..., :2] + truth[..., 2:] / 2)
+    enclose -= ops.minimum(pred[..., :2] - pred[..., 2:] / 2, truth[..., :2] - truth[..., 2:] / 2)
+    diagonal = ops.sum(ops.square(enclose), axis=-1) + 1e-9
+    distance = ops.sum(ops.square(pred[..., :2] - truth[..., :2]), axis=-1)
+
+    def angle(box):
+        return ops.arctan(box[..., 2] / ops.maximum(box[..., 3], 1e-9))
+
+    v = (4.0 / math.pi**2) * ops.square(angle(truth) - angle(pred))
+    alpha = ops.stop_gradient(v / ops.maximum(1.0 - iou + v, 1e-9))
+    return iou - distance / diagonal - alpha * v
 
 
 def pairwise_iou_cxcywh(a, b):
@@ -66,6 +90,11 @@ class YoloLoss(keras.layers.Layer):
         objectness: str. "mse": darknet's squared error on sigmoid(to); "bce": binary
             cross-entropy on the logit (YOLOv3 onwards), whose gradient does not vanish
             once the no-object term has pushed every score towards 0. Defaults to "mse".
+        box: str. The coordinate term. "mse": darknet's squared error of sigmoid(tx, ty)
+            and tw, th against their targets, weighted by (2 - w·h); "ciou": 1 - CIoU of
+            the decoded box with its truth (YOLOv4 onwards), which scores the overlap
+            itself, the same for every object size. Both times `coord_scale`.
+            Defaults to "mse".
     """
 
     def __init__(
@@ -81,6 +110,7 @@ class YoloLoss(keras.layers.Layer):
         warmup_images: int = 12800,
         prior_scale: float = 0.01,
         objectness: str = "mse",
+        box: str = "mse",
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
@@ -98,6 +128,9 @@ class YoloLoss(keras.layers.Layer):
         if objectness not in ("mse", "bce"):
             raise ValueError(f"YoloLoss: objectness must be 'mse' or 'bce', got {objectness!r}")
         self.objectness = objectness
+        if box not in ("mse", "ciou"):
+            raise ValueError(f"YoloLoss: box must be 'mse' or 'ciou', got {box!r}")
+        self.box = box
         self.trackers = [keras.metrics.Mean(name=term) for term in TERMS]
         self.seen = self.add_weight(
             shape=(),
@@ -130,15 +163,7 @@ class YoloLoss(keras.layers.Layer):
         best_iou = ops.max(pairwise_iou_cxcywh(pred_boxes, true_boxes), axis=-1)
         no_obj = (1.0 - has_obj) * ops.cast(best_iou <= self.ignore_thresh, "float32")
 
-        # As darknet: sigmoid(tx) (not tx) regresses onto the in-cell offset, tw onto
-        # log(w / anchor). Empty slots encode to finite targets, zeroed by has_obj.
-        target_xy = truth[..., 0:2] * size - cell
-        target_twh = encode_raw(truth, anchors)[..., 2:4]
-        box_scale = self.coord_scale * (2.0 - truth[..., 2] * truth[..., 3])
-        coord_err = ops.sum(ops.square(xy_cell - target_xy), -1) + ops.sum(
-            ops.square(twh - target_twh), -1
-        )
-        coord = has_obj * box_scale * coord_err
+        coord = has_obj * self.coord_error(raw, truth, anchors, cell, size)
 
         if self.rescore:
             obj_target = ops.stop_gradient(elementwise_iou_cxcywh(pred_boxes, truth))
@@ -160,6 +185,22 @@ class YoloLoss(keras.layers.Layer):
             return ops.sum(t, axis=(1, 2, 3))
 
         return dict(zip(TERMS, map(per_image, (coord, obj, noobj, cls, prior)), strict=False))
+
+    def coord_error(self, raw, truth, anchors, cell, size):
+        """Per-predictor coordinate error (weighted by `coord_scale`) towards `truth`."""
+        if self.box == "ciou":
+            return self.coord_scale * (
+                1.0 - elementwise_ciou_cxcywh(decode_raw(raw, anchors), truth)
+            )
+        # As darknet: sigmoid(tx) (not tx) regresses onto the in-cell offset, tw onto
+        # log(w / anchor). Empty slots encode to finite targets, zeroed by has_obj.
+        target_xy = truth[..., 0:2] * size - cell
+        target_twh = encode_raw(truth, anchors)[..., 2:4]
+        box_scale = self.coord_scale * (2.0 - truth[..., 2] * truth[..., 3])
+        return box_scale * (
+            ops.sum(ops.square(ops.sigmoid(raw[..., 0:2]) - target_xy), -1)
+            + ops.sum(ops.square(raw[..., 2:4] - target_twh), -1)
+        )
 
     def objectness_errors(self, logits, target):
         """Per-predictor objectness error towards ``target`` and towards 0."""
@@ -186,4 +227,5 @@ class YoloLoss(keras.layers.Layer):
             "warmup_images": self.warmup_images,
             "prior_scale": self.prior_scale,
             "objectness": self.objectness,
+            "box": self.box,
         }

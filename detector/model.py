@@ -191,3 +191,49 @@ def build_training_model(
     raw = inference_model(images)
     loss = loss_layer([raw, y_true, true_boxes])
     return keras.Model([images, y_true, true_boxes], loss, name="yolov2_training")
+
+
+# Convolutions of darknet's ImageNet feature extractor at the start of each variant: the
+# 18 of darknet19_448.conv.23 (Darknet-19 before its detection convs) and the 7 of
+# ``darknet partial yolov2-tiny.cfg yolov2-tiny.weights yolov2-tiny.conv.13 13``.
+BACKBONE_CONVS = {"darknet19": 18, "tiny": 7}
+
+
+def freeze_layers(model: keras.Model, freeze: int | str) -> int:
+    """Freezes the first convolutions ``conv_1..conv_N`` with their BatchNorm (fine-tuning).
+
+    Frozen BatchNorm layers run in inference mode (Keras 3: a non-trainable
+    ``BatchNormalization`` normalises with its moving statistics and never updates them),
+    so a pre-trained backbone keeps the statistics it was trained with.
+
+    Args:
+        model: keras.Model. An inference model (``build_inference_model``).
+        freeze: int or "backbone". N, or the variant's ImageNet feature extractor
+            (`BACKBONE_CONVS`, read from the model's name). 0 freezes nothing.
+
+    Returns:
+        int. The number of convolutions frozen.
+
+    Raises:
+        ValueError: `freeze` names more convolutions than the model has before its
+        prediction layer, or is not an int >= 0 / "backbone".
+    """
+    convs = [layer for layer in model.layers if layer.name.startswith("conv_")]
+    if freeze == "backbone":
+        variant = model.name.removeprefix("yolov2_")
+        if variant not in BACKBONE_CONVS:
+            raise ValueError(f"train.freeze: 'backbone' is unknown for the model {model.name!r}")
+        count = BACKBONE_CONVS[variant]
+    elif isinstance(freeze, int) and not isinstance(freeze, bool) and freeze >= 0:
+        count = freeze
+    else:
+        raise ValueError(f"train.freeze: expected an int >= 0 or 'backbone', got {freeze!r}")
+    if count > len(convs) - 1:
+        raise ValueError(
+            f"train.freeze: {count} convolutions asked, the model has {len(convs) - 1} "
+            "before its prediction layer"
+        )
+    for k in range(1, count + 1):
+        for name in (f"conv_{k}", f"bn_{k}"):
+            model.get_layer(name).trainable = False
+    return count

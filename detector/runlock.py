@@ -7,7 +7,8 @@ kernel releases it when the process ends however it ends, SIGKILL included, so a
 lock file is harmless and is never deleted (deleting it would let two processes lock two
 different files of one name). `claim_run_dir` picks and locks a fresh directory without a
 race between two new runs, and `clean_temporaries` removes what the atomic writer
-(`detector.io`) leaves behind when a run is killed mid-write. POSIX only (``fcntl``); on
+(`detector.io`) leaves behind when a run is killed mid-write (on ``--resume``, and when a
+new run claims a folder holding nothing else). POSIX only (``fcntl``); on
 NFS, ``flock`` needs Linux >= 2.6.12.
 """
 
@@ -98,8 +99,14 @@ def run_lock(run_dir: str) -> Iterator[str]:
 
 
 def _is_fresh(run_dir: str) -> bool:
-    """Whether a run directory holds nothing but (maybe) its lock file."""
-    return not [name for name in os.listdir(run_dir) if name != LOCK_NAME]
+    """Whether a run directory holds nothing but (maybe) its lock file and temporary
+    files of the atomic writer (a run killed while writing its first file)."""
+    return not [n for n in os.listdir(run_dir) if n != LOCK_NAME and not _is_temporary(run_dir, n)]
+
+
+def _is_temporary(folder: str, name: str) -> bool:
+    path = os.path.join(folder, name)
+    return bool(_TEMPORARY.fullmatch(name)) and os.path.isfile(path) and not os.path.islink(path)
 
 
 def _claim(candidate: str) -> int | None:
@@ -115,6 +122,8 @@ def _claim(candidate: str) -> int | None:
     if fd is not None and not _is_fresh(candidate):  # filled before we locked it
         _release(fd)
         return None
+    if fd is not None:
+        clean_temporaries(candidate)
     return fd
 
 
@@ -135,15 +144,13 @@ def claim_run_dir(path: str, stack: contextlib.ExitStack) -> str:
 
 def clean_temporaries(run_dir: str) -> int:
     """Removes the atomic writer's temporary files (`detector.io`) from ``run_dir`` and
-    ``run_dir/state``, left there by a killed run; returns how many. Call it holding the
-    lock (`run_lock`): a live run's temporaries are its files being written."""
+    its subfolders (state, val, ...), left there by a killed run; returns how many. Call
+    it holding the lock (`run_lock`): a live run's temporaries are its files being
+    written."""
     removed = 0
-    for folder in (run_dir, os.path.join(run_dir, "state")):
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            path = os.path.join(folder, name)
-            if _TEMPORARY.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
-                os.remove(path)
+    for folder, _, names in os.walk(run_dir):
+        for name in names:
+            if _is_temporary(folder, name):
+                os.remove(os.path.join(folder, name))
                 removed += 1
     return removed

@@ -28,6 +28,7 @@ import zlib
 import keras
 
 from detector.io import atomic_path, atomic_write_text
+from detector.safe_yaml import short
 
 STATE_DIR = "state"
 WEIGHTS = "latest.weights.h5"
@@ -86,6 +87,49 @@ def resolve(run_dir: str, repair: bool = True) -> dict | None:
     return pair[1]
 
 
+def _logged_epochs(path: str) -> int:
+    """How many complete epoch rows a metrics.csv holds (0 when it is absent or unreadable)."""
+    try:
+        with open(path, newline="") as f:
+            lines = f.read().splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return 0
+    return max(0, len([line for line in lines if line.endswith("\n")]) - 1)
+
+
+def resume_point(run_dir: str, repair: bool = True) -> dict | None:
+    """The metadata `resolve` finds, or None when the run saved nothing yet (stopped
+    during its first epoch: it starts again from epoch 0 losing nothing).
+
+    Raises:
+        ValueError: there is no complete state but the run got further (state files
+            damaged or missing while metrics.csv logs epochs): starting again from epoch 0
+            would throw that away, so nothing is changed; the message names the files and
+            how to train the configuration again in a new run directory.
+    """
+    meta = resolve(run_dir, repair)
+    if meta is not None:
+        return meta
+    folder = os.path.join(run_dir, STATE_DIR)
+    names = [WEIGHTS, METADATA, WEIGHTS + ".bkp", METADATA + ".bkp"]
+    present = [name for name in names if os.path.exists(os.path.join(folder, name))]
+    logged = _logged_epochs(os.path.join(run_dir, "metrics.csv"))
+    if not present and not logged:
+        return None
+    found = (
+        f"{', '.join(present)} in {folder} are damaged (their size or CRC32 does not match "
+        "the metadata, or the metadata is unreadable)"
+        if present
+        else f"{folder} holds no saved state while metrics.csv logs {logged} epochs"
+    )
+    again = os.path.join(run_dir, "config.yaml")
+    raise ValueError(
+        f"--resume: {run_dir} has no loadable state: {found}; nothing was changed. To "
+        f"train this configuration again from epoch 0: python train.py --config {again} "
+        "(a new run directory)"
+    )
+
+
 def _repair(run_dir: str, pair: tuple[str, dict]) -> None:
     """Makes the previous pair the latest again when `pair` (from `newest_pair`) is it."""
     if pair[0].endswith(".bkp"):
@@ -135,7 +179,14 @@ class RunState(keras.callbacks.BackupAndRestore):
         weights, meta = pair
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(weights)
+        try:
+            self.model.load_weights(weights)
+        except ValueError as error:  # Keras: "N objects could not be loaded", shapes...
+            raise ValueError(
+                f"{weights} does not fit the model built from the run's config (the "
+                f"architecture or the classes changed; Keras: {short(str(error))}): resume "
+                "with the config the run was trained with"
+            ) from None
         self.model._initial_epoch = meta["epoch"]  # what BackupAndRestore sets: fit resumes
 
     def _save_model(self):

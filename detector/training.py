@@ -16,17 +16,14 @@ from detector.build import RunPlan
 from detector.callbacks import NonFiniteLoss
 from detector.config import Config, EvalConfig, config_to_dict, save_config
 from detector.data.coco import ground_truth
+from detector.data.image_checks import MAX_PIXELS
 from detector.data.records import Dataset
-from detector.data.spec import load_dataset
-from detector.distribute import (
-    Cluster,
-    ClusterError,
-    check_precision,
-    describe_devices,
-    make_cluster,
-)
+from detector.data.spec import load_dataset, overlap_warning, split_overlap
+from detector.devices import check_precision, run_settings
+from detector.distribute import Cluster, ClusterError, make_cluster
+from detector.faults import check_architecture, resumable
 from detector.runlock import LOCK_NAME, claim_run_dir, clean_temporaries, run_lock
-from detector.state import resolve, truncate_csv
+from detector.state import resume_point, truncate_csv
 from detector.validate import validate
 
 
@@ -44,12 +41,18 @@ def run(cfg: Config, resume: bool = False) -> dict:
     Under ``train.distribute`` (docs/distributed.md) every worker process calls this with
     the same config; only the chief (worker 0) writes the run directory, evaluates and
     returns the metrics (the others return {}). The mixed-precision policy is set for the
-    run and restored after it.
+    run and restored after it. ``train.precision`` / ``train.jit_compile`` ``auto`` are
+    resolved for this machine first (`detector.devices.run_settings`, printed); the
+    resolved values are what the run uses and what its config.yaml records.
     """
     start = time.monotonic()
     cluster = make_cluster(cfg.train.distribute, cfg.train.devices)  # before any TF work
-    xla = "on" if cfg.train.jit_compile else "off"
-    print(f"devices: {describe_devices()}; precision {cfg.train.precision}; XLA {xla}")
+    t = cfg.train
+    precision, jit, line = run_settings(t.precision, t.jit_compile, cluster.num_replicas)
+    print(line)
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(t, precision=precision, jit_compile=jit)
+    )
     policy = keras.mixed_precision.global_policy()
     try:
         with contextlib.ExitStack() as locks:  # the run directory's lock, held to the end
@@ -65,9 +68,9 @@ def _run(
     # The chief reads the data first: a synthetic spec is generated on first use, by it alone.
     with _all_or_none(cluster, "to read the data"):
         check_precision(cfg.train.precision)  # every worker, before any collective
-        splits = read_splits(cfg.data.spec) if cluster.is_chief else None
+        splits = read_splits(cfg.data.spec, cfg.data.max_pixels) if cluster.is_chief else None
     with _all_or_none(cluster, "to set up"):
-        train, val = splits or read_splits(cfg.data.spec)
+        train, val = splits or read_splits(cfg.data.spec, cfg.data.max_pixels)
         plan = prepare_run(cfg, resume, cluster, train, locks=locks)
         coco_gt = ground_truth(val) if cluster.is_chief else None  # before any collective
     if cluster.multi_worker:
@@ -82,10 +85,18 @@ def _run(
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     with cluster.strategy.scope():
         inference = build.make_model(cfg, train, plan.anchors, init_weights=not plan.done)
-        model = build.make_training_model(cfg, inference, plan.lr)
+        schedule = build.make_schedule(cfg.train, lr=plan.lr, steps=plan.steps)
+        model = build.make_training_model(cfg, inference, schedule)
     dataset = build.make_datasets(build.make_train_input(cfg, train, plan), cluster)
     callbacks = build.make_callbacks(
-        cfg, plan=plan, cluster=cluster, inference=inference, val=val, coco_gt=coco_gt, start=start
+        cfg,
+        plan=plan,
+        cluster=cluster,
+        inference=inference,
+        val=val,
+        coco_gt=coco_gt,
+        start=start,
+        schedule=schedule,
     )
     fit(model, dataset, cfg.train.epochs, plan, callbacks)
     if callbacks.budget.stopped:
@@ -106,9 +117,10 @@ def _all_or_none(cluster: Cluster, what: str):
     cluster.agree(True, what)
 
 
-def read_splits(spec: str) -> tuple[Dataset, Dataset]:
-    """The train and val splits of a dataset spec, their data problems printed once."""
-    train, val = load_dataset(spec, "train"), load_dataset(spec, "val")
+def read_splits(spec: str, max_pixels: int = MAX_PIXELS) -> tuple[Dataset, Dataset]:
+    """The train and val splits of a dataset spec, their data problems printed once, and
+    a warning when they share images. `max_pixels`: `data.max_pixels`."""
+    train, val = (load_dataset(spec, s, max_pixels=max_pixels) for s in ("train", "val"))
     if (train.names, train.category_ids) != (val.names, val.category_ids):
         shown = [
             reprlib.repr(dict(zip(d.category_ids, d.names, strict=True))) for d in (train, val)
@@ -119,6 +131,9 @@ def read_splits(spec: str) -> tuple[Dataset, Dataset]:
         )
     report_problems("train", train)
     report_problems("val", val)
+    shared = split_overlap(train, val)
+    if shared:
+        print(overlap_warning("train", "val", shared))
     return train, val
 
 
@@ -135,7 +150,11 @@ def prepare_run(
 ) -> RunPlan:
     """Checks the config against the data, picks the run directory and the anchors,
     reads a resumed run's state, writes config.yaml (chief) and returns the plan. The
-    chief locks the run directory (`detector.runlock`) until `locks` closes."""
+    chief locks the run directory (`detector.runlock`) until `locks` closes; from the
+    return on, Ctrl-C and faults from outside (data, disk) are reported with the way to
+    continue (`detector.faults.resumable`, also closed with `locks`). A resume refuses
+    damaged state (`detector.state.resume_point`) and a changed architecture
+    (`detector.faults.check_architecture`) before anything is written."""
     d, t = cfg.data, cfg.train
     steps = len(train.records) // d.batch_size
     if steps == 0:
@@ -150,10 +169,11 @@ def prepare_run(
     if resume and cluster.is_chief:  # locked before resolve() repairs its state
         locks.enter_context(run_lock(t.run_dir))
         clean_temporaries(t.run_dir)
-    meta = resolve(t.run_dir, repair=cluster.is_chief) if resume else None
+    meta = resume_point(t.run_dir, repair=cluster.is_chief) if resume else None
     if cfg.model.init_weights and not meta and not os.path.isfile(cfg.model.init_weights):
         raise ValueError(f"model.init_weights: file not found: {cfg.model.init_weights}")
     if resume:
+        check_architecture(cfg, t.run_dir, train.names)
         run_dir, anchors = t.run_dir, cfg.model.anchors
     else:
         run_dir = new_run_dir(t.run_dir, cluster, locks)
@@ -168,6 +188,7 @@ def prepare_run(
         os.makedirs(run_dir, exist_ok=True)
         save_config(resolved, os.path.join(run_dir, "config.yaml"))
         truncate_csv(os.path.join(run_dir, "metrics.csv"), done)
+    locks.enter_context(resumable(run_dir, data=cfg.data.spec))
     return RunPlan(
         config=resolved,
         run_dir=run_dir,
@@ -266,13 +287,6 @@ def fit(model, dataset, epochs: int, plan: RunPlan, callbacks: build.RunCallback
             shuffle=False,
             verbose=verbose,
         )
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted. The state after the last completed epoch is saved in "
-            f"{os.path.join(plan.run_dir, 'state')}; continue with:\n"
-            f"  python train.py --resume {plan.run_dir}"
-        )
-        raise
     except NonFiniteLoss as error:
         raise TrainingStopped(str(error)) from None
     if callbacks.chief_only is not None and callbacks.chief_only.error is not None:

@@ -8,7 +8,7 @@ import keras
 import pytest
 import yaml
 
-from detector.build import RunPlan, make_callbacks
+from detector.build import RunPlan, make_callbacks, make_schedule
 from detector.callbacks import MetricsCSV, NonFiniteGuard
 from detector.checkpoints import BestCocoAP, SaveLast
 from detector.config import load_config
@@ -50,7 +50,14 @@ def callbacks_for(kind, tmp_path, overrides=(), resume=False):
     )
     # The evaluation copy is built lazily, so no model or data is needed to wire the list.
     out = make_callbacks(
-        cfg, plan=plan, cluster=CLUSTERS[kind], inference=None, val=None, coco_gt=None, start=0.0
+        cfg,
+        plan=plan,
+        cluster=CLUSTERS[kind],
+        inference=None,
+        val=None,
+        coco_gt=None,
+        start=0.0,
+        schedule=make_schedule(cfg.train, lr=plan.lr, steps=plan.steps),
     )
     return out, plan
 
@@ -59,7 +66,8 @@ def callbacks_for(kind, tmp_path, overrides=(), resume=False):
 def test_callbacks_membership_and_order(kind, tmp_path):
     out, plan = callbacks_for(kind, tmp_path)
     assert [type(c) for c in out.callbacks] == EXPECTED[kind]
-    assert out.budget is out.callbacks[2] and out.callbacks[1].budget is out.budget
+    assert out.budget is out.callbacks[2]
+    assert out.budget.share is out.callbacks[1].schedule.time_fraction  # one schedule
     assert (out.budget.sync is not None) == (kind in ("chief", "worker"))
     assert (out.sync_stop is not None) == (kind in ("chief", "worker"))
     state = out.callbacks[-1]
@@ -98,10 +106,10 @@ def test_schedule_is_wired_from_the_plan(tmp_path):
         "train.step_factor=0.5",
     ]
     out, plan = callbacks_for("single", tmp_path, overrides, resume=True)
-    lr = out.callbacks[1]
-    assert lr.lr_at(9) == pytest.approx(plan.lr)  # burn-in is 1 epoch = 10 steps
-    assert lr.lr_at(24) == pytest.approx(plan.lr)
-    assert lr.lr_at(25) == pytest.approx(plan.lr * 0.5)  # epoch 2.5 = step 25
+    lr = out.callbacks[1].schedule
+    assert float(lr(9)) == pytest.approx(plan.lr)  # burn-in is 1 epoch = 10 steps
+    assert float(lr(24)) == pytest.approx(plan.lr)
+    assert float(lr(25)) == pytest.approx(plan.lr * 0.5)  # epoch 2.5 = step 25
     assert out.callbacks[-1].restore
 
 

@@ -5,11 +5,12 @@ import keras
 import numpy as np
 import pytest
 
+from detector.callbacks import NonFiniteGuard, NonFiniteLoss
 from detector.checkpoints import BestCocoAP, EvalCopy
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
 from detector.model import build_inference_model
-from detector.schedule import LearningRateCallback
+from detector.schedule import DarknetSchedule, learning_rate_at
 
 
 def make_callback(tiny_spec, run_dir, aps):
@@ -79,19 +80,20 @@ def test_evaluation_model_gets_the_training_weights(tiny_spec, tmp_path):
 
 
 def test_learning_rate_burn_in_then_cosine():
-    schedule = LearningRateCallback(
+    schedule = DarknetSchedule(
         base_lr=1.0, total_steps=110, warmup_steps=10, final_fraction=0.0, power=2
     )
-    assert schedule.lr_at(0) == pytest.approx((1 / 10) ** 2)
-    assert schedule.lr_at(9) == pytest.approx(1.0)
-    assert schedule.lr_at(60) == pytest.approx(0.5)
-    assert schedule.lr_at(110) == pytest.approx(0.0)
+    assert float(schedule(0)) == pytest.approx((1 / 10) ** 2)
+    assert float(schedule(9)) == pytest.approx(1.0)
+    assert float(schedule(60)) == pytest.approx(0.5)
+    assert float(schedule(110)) == pytest.approx(0.0, abs=1e-7)
     # Half the wall-clock budget spent at step 10 -> already half-way down the cosine.
-    assert schedule.lr_at(10, time_fraction=0.5) == pytest.approx(0.5)
+    schedule.time_fraction.assign(0.5)
+    assert float(schedule(10)) == pytest.approx(0.5)
 
 
 def test_darknet_burn_in_and_step_decay():
-    schedule = LearningRateCallback(
+    schedule = DarknetSchedule(
         base_lr=0.001,
         total_steps=1000,
         warmup_steps=100,
@@ -99,15 +101,44 @@ def test_darknet_burn_in_and_step_decay():
         decay_steps=[700, 400],
         factor=0.1,
     )
-    assert schedule.lr_at(49) == pytest.approx(0.001 * 0.5**4)  # darknet: (step/burn_in)^4
-    assert schedule.lr_at(99) == pytest.approx(0.001)
-    assert schedule.lr_at(399) == pytest.approx(0.001)
-    assert schedule.lr_at(400) == pytest.approx(0.0001)
-    assert schedule.lr_at(700) == pytest.approx(0.00001)
-    constant = LearningRateCallback(
-        base_lr=0.01, total_steps=1000, warmup_steps=0, schedule="constant"
-    )
-    assert constant.lr_at(999, time_fraction=0.9) == 0.01
+    assert float(schedule(49)) == pytest.approx(0.001 * 0.5**4)  # darknet: (step/burn_in)^4
+    assert float(schedule(99)) == pytest.approx(0.001)
+    assert float(schedule(399)) == pytest.approx(0.001)
+    assert float(schedule(400)) == pytest.approx(0.0001)
+    assert float(schedule(700)) == pytest.approx(0.00001)
+    constant = DarknetSchedule(base_lr=0.01, total_steps=1000, warmup_steps=0, schedule="constant")
+    constant.time_fraction.assign(0.9)
+    assert float(constant(999)) == pytest.approx(0.01)
+    assert learning_rate_at(999, base_lr=0.01, total_steps=1000, warmup_steps=0) < 0.01
+
+
+class Calls(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches = [*getattr(self, "batches", []), batch]
+
+
+def _toy(steps_per_execution: int) -> keras.Model:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", loss="mse", steps_per_execution=steps_per_execution)
+    return model
+
+
+def test_batch_callbacks_run_once_per_execution_and_the_guard_names_its_steps():
+    x = np.ones((8, 2), np.float32)
+    calls = Calls()
+    _toy(4).fit(x, x[:, :1], batch_size=1, epochs=1, verbose=0, callbacks=[calls])
+    assert calls.batches == [3, 7]  # Keras passes each execution's last step
+
+    class Poison(keras.callbacks.Callback):  # weights NaN before the second execution
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 3:
+                kernel = self.model.layers[0].kernel
+                kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, steps 5-8;"):
+        _toy(4).fit(
+            x, x[:, :1], batch_size=1, epochs=1, verbose=0, callbacks=[Poison(), NonFiniteGuard()]
+        )
 
 
 def test_atomic_files_get_the_usual_permissions(tmp_path):

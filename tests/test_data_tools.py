@@ -103,6 +103,9 @@ def test_anchors_tool_prints_and_writes_grid_cell_anchors(tmp_path, capsys):
     )
     assert wh.max() <= 10 and "mean IoU" in capsys.readouterr().out  # 320 px = 10 cells
     assert data_main(["anchors", specs["yolo"], "--input-size", "300"]) == 2
+    for flags in (["--k", "0"], ["--k", "-3"], ["--restarts", "0"]):
+        assert data_main(["anchors", specs["yolo"], *flags]) == 2
+    assert "--restarts: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def _drawn_record(tmp_path, boxes) -> Record:

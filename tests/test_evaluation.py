@@ -122,3 +122,58 @@ def test_streaming_evaluation_equals_one_cocoeval(chunk):
     reference = json.loads((CHECK / "expected_bbox_stats.json").read_text())["stats"]
     for name in STAT_NAMES:
         assert got[name] == pytest.approx(reference[name], abs=1e-12), name
+
+
+@needs_check
+@pytest.mark.parametrize("chunk", [1, 1000])
+def test_streaming_arrays_equal_one_cocoeval(chunk):
+    from detector.evaluation import metrics_of
+    from detector.results import CocoDetections
+    from detector.streaming_eval import StreamingCocoEval
+
+    coco = load_coco(str(CHECK / "instances_val2014_100.json"))
+    results = json.loads((CHECK / "instances_val2014_fakebbox100_results.json").read_text())
+    expected = coco_metrics(coco, [dict(r) for r in results])
+    stream = StreamingCocoEval(coco)
+    images = sorted(coco.getImgIds())
+    for start in range(0, len(images), chunk):
+        ids = set(images[start : start + chunk])
+        part = [r for r in results if r["image_id"] in ids]
+        stream.add_detections(
+            CocoDetections(
+                np.array([r["image_id"] for r in part], np.int64),
+                np.array([r["bbox"] for r in part], np.float64).reshape(-1, 4),
+                np.array([r["score"] for r in part], np.float64),
+                np.array([r["category_id"] for r in part], np.int64),
+            ),
+            sorted(ids),
+        )
+    assert metrics_of(stream.finish(), coco) == expected  # bit-identical, per class too
+
+
+@needs_check
+def test_fast_cocoeval_gives_cocoapis_arrays():
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from detector.streaming_eval import FastCocoEval
+
+    coco = load_coco(str(CHECK / "instances_val2014_100.json"))
+    results = json.loads((CHECK / "instances_val2014_fakebbox100_results.json").read_text())
+    evaluators = []
+    for kind in (COCOeval, FastCocoEval):
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator = kind(coco, coco.loadRes([dict(r) for r in results]), "bbox")
+            evaluator.evaluate()
+            evaluator.accumulate()
+        evaluators.append(evaluator)
+    reference, fast = evaluators
+    for name in ("precision", "recall", "scores"):
+        np.testing.assert_array_equal(fast.eval[name], reference.eval[name])
+    assert len(fast.evalImgs) == len(reference.evalImgs)
+    for got, want in zip(fast.evalImgs, reference.evalImgs, strict=True):
+        assert (got is None) == (want is None)
+        for key in () if want is None else want:
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), key)

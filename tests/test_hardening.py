@@ -389,6 +389,6 @@ def test_train_and_val_with_different_classes_are_refused(monkeypatch):
         "train": Dataset([], ["cat", "dog"], [1, 2], None),
         "val": Dataset([], ["dog", "cat"], [2, 1], None),
     }
-    monkeypatch.setattr(training, "load_dataset", lambda spec, split: splits[split])
+    monkeypatch.setattr(training, "load_dataset", lambda spec, split, **_: splits[split])
     with pytest.raises(ValueError, match="different classes"):
         training.read_splits("spec.yaml")

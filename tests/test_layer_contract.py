@@ -15,11 +15,12 @@ from layer_contract import check_layer_contract
 import detector
 from detector.layers import SpaceToDepth, YoloHead
 from detector.loss import TERMS, YoloLoss, identity_loss
+from detector.schedule import DarknetSchedule
 from detector.targets import encode_targets
 
 ANCHORS = [[1.0, 1.5], [3.0, 2.0], [5.0, 6.0]]
 NUM_CLASSES = 2
-COVERED = {"SpaceToDepth", "YoloHead", "YoloLoss", "identity_loss"}
+COVERED = {"SpaceToDepth", "YoloHead", "YoloLoss", "identity_loss", "DarknetSchedule"}
 
 
 def _features(shape, seed=0) -> np.ndarray:
@@ -89,6 +90,21 @@ def test_identity_loss_survives_a_compiled_model_save_and_load(tmp_path):
     assert after["loss"] == pytest.approx(expected, rel=1e-5)
     assert after == pytest.approx(before, rel=1e-5)
     assert set(TERMS) <= set(after)  # the loss terms stay metrics of the loaded model
+
+
+def test_darknet_schedule_survives_a_compiled_model_save_and_load(tmp_path):
+    schedule = DarknetSchedule(0.01, 300, 20, schedule="steps", decay_steps=[200, 100])
+    config = schedule.get_config()
+    assert DarknetSchedule.from_config(config).get_config() == config
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
+    path = str(tmp_path / "scheduled.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True).optimizer
+    revived = loaded._learning_rate  # Keras keeps the schedule object there
+    assert type(revived) is DarknetSchedule and revived.get_config() == config
+    for step in (0, 19, 20, 150, 250):
+        assert float(revived(step)) == float(schedule(step))
 
 
 def _registered_by_the_package() -> set[str]:

@@ -171,3 +171,37 @@ def test_bce_objectness_gradient_does_not_vanish_for_low_scores():
         grads[mode] = abs(float(tape.gradient(loss, raw)[cell + (4,)]))
     assert grads["bce"] > 1000 * grads["mse"]
     assert grads["bce"] == pytest.approx(5.0, rel=1e-2)  # object_scale · (1 - sigmoid(-8))
+
+
+def test_ciou_reference_values():
+    """Hand-computed CIoU: a 2x2 box and the same box shifted by 1 along x (IoU 2/6,
+    centre distance 1, enclosing box 3x2: d²/c² = 1/13, equal aspect ratios: v = 0),
+    and a 2x1 box inside a 2x2 one sharing its centre (IoU 1/2, v = (4/pi²)(pi/4 -
+    atan 2)²)."""
+    from detector.loss import elementwise_ciou_cxcywh
+
+    a = np.array([[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]], np.float32)
+    b = np.array([[2.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 1.0]], np.float32)
+    v = 4 / np.pi**2 * (np.pi / 4 - np.arctan(2.0)) ** 2
+    expected = [1 / 3 - 1 / 13, 0.5 - v * v / (1 - 0.5 + v)]
+    np.testing.assert_allclose(elementwise_ciou_cxcywh(b, a).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(elementwise_ciou_cxcywh(a, a).numpy(), [1.0, 1.0], atol=1e-6)
+
+
+def test_ciou_box_term_zero_on_target_and_gradients_finite():
+    y_true, true_boxes = batch([[((20, 30, 70, 60), 1), ((80, 10, 120, 100), 2)], []])
+    layer = YoloLoss(ANCHORS, C, box="ciou", objectness="bce")
+    t = terms(layer, perfect_prediction(y_true), y_true, true_boxes)
+    assert t["coord"][0] < 1e-4 and t["coord"][1] == 0
+    raw = tf.Variable(raw_output(y_true))
+    with tf.GradientTape() as tape:
+        coord = layer.loss_terms(raw, y_true, true_boxes)["coord"]
+    grad = tape.gradient(coord, raw).numpy()
+    assert np.isfinite(grad).all() and np.abs(grad[..., :4]).sum() > 0
+    assert coord.numpy()[0] > 0 and coord.numpy()[1] == 0
+    # only the responsible predictors' box channels get a gradient
+    assert (grad[..., 4:] == 0).all()
+    responsible = y_true[..., 4] > 0
+    assert (grad[~responsible] == 0).all()
+    with pytest.raises(ValueError, match="box must be"):
+        YoloLoss(ANCHORS, C, box="giou")

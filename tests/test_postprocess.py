@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import ops
 
-from detector.postprocess import decode, nms
+from detector.postprocess import combined_nms, decode, nms, padded_nms
 
 # Two anchors in one cell, same centre: boxes 0.5 and 0.6 wide on a 2x2 grid overlap
 # with IoU 0.5² / 0.6² ≈ 0.69, above NMS's 0.45.
@@ -74,3 +75,63 @@ def test_nms_max_detections_caps_the_output():
     _, scores, _, valid = numpy(nms(*decode(raw, ANCHORS), max_detections=3))
     assert scores.shape == (1, 3) and valid.tolist() == [3]
     np.testing.assert_allclose(scores[0], [0.8, 0.7, 0.6], atol=1e-6)
+
+
+def clustered_detections(seed: int, batch=2, n=200, classes=4):
+    """Decoded-like boxes (B, N, 4) xyxy in clusters (so that they overlap) and scores
+    (B, N, C) skewed low, as a detector's are."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.2, 0.8, (batch, 8, 2))[:, rng.integers(0, 8, n)]
+    centres += rng.normal(0, 0.03, centres.shape)
+    sizes = rng.uniform(0.05, 0.3, (batch, n, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], -1).astype(np.float32)
+    scores = (rng.uniform(0, 1, (batch, n, classes)) ** 3).astype(np.float32)
+    return boxes, scores
+
+
+def assert_same_detections(actual, expected):
+    """Two (boxes, scores, classes, valid) results: the same detections in the same order,
+    zeros after the valid ones."""
+    actual, expected = numpy(actual), numpy(expected)
+    np.testing.assert_array_equal(actual[3], expected[3])
+    for got, want in zip(actual[:3], expected[:3], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("max_detections", [7, 100])
+def test_padded_nms_equals_combined_nms(seed, max_detections):
+    boxes, scores = clustered_detections(seed)
+    settings = {"score_threshold": 0.05, "iou_threshold": 0.45, "max_detections": max_detections}
+    expected = combined_nms(boxes, scores, **settings)
+    valid = ops.convert_to_numpy(expected[3])
+    assert (valid > 0).all() and (valid <= max_detections).all()
+    if max_detections == 7:
+        assert (valid == 7).all()  # the cap bites
+    assert_same_detections(padded_nms(boxes, scores, **settings), expected)
+    compiled = tf.function(lambda b, s: padded_nms(b, s, **settings), jit_compile=False)
+    assert_same_detections(compiled(boxes, scores), expected)
+
+
+def test_padded_nms_separates_classes_and_caps_each_class():
+    # The same box three times: class 0 scores two copies, class 1 the third. Within class
+    # 0 the copy scoring less is suppressed; class 1's copy stays.
+    boxes = np.tile(np.float32([[0.1, 0.1, 0.5, 0.5]]), (1, 3, 1))
+    scores = np.float32([[[0.9, 0.0], [0.8, 0.0], [0.0, 0.7]]])
+    for fn in (padded_nms, combined_nms):
+        _, kept, classes, valid = numpy(fn(boxes, scores, 0.1, 0.45, 10))
+        assert valid.tolist() == [2]
+        np.testing.assert_allclose(kept[0, :2], [0.9, 0.7])
+        assert classes[0, :2].tolist() == [0, 1] and (kept[0, 2:] == 0).all()
+
+
+@pytest.mark.parametrize("gpus, chosen", [([], "combined_nms"), (["GPU:0"], "padded_nms")])
+def test_nms_runs_on_the_device_at_hand(monkeypatch, gpus, chosen):
+    import detector.postprocess as postprocess
+
+    calls = []
+    for name in ("combined_nms", "padded_nms"):
+        monkeypatch.setattr(postprocess, name, lambda *a, name=name: calls.append(name))
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: gpus)
+    postprocess.nms(*clustered_detections(0, batch=1, n=4, classes=2))
+    assert calls == [chosen]

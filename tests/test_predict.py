@@ -23,12 +23,13 @@ import pytest
 from PIL import Image
 
 from detector import Detector
-from detector.cli import evaluate_main, predict_main
+from detector.cli import evaluate_main
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
 from detector.data.yolo import read_yolo
 from detector.evaluation import coco_metrics, evaluate_model, load_coco
 from detector.model import build_inference_model
+from detector.predict_cli import predict_main
 from detector.runtimes import Metadata, Runtime, load_runtime
 from tests.data_helpers import TINY_MODEL, set_flags
 

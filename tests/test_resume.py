@@ -17,6 +17,7 @@ import pytest
 import detector.layers  # noqa: F401  (registers the custom layers for load_model)
 from detector.callbacks import NonFiniteGuard, NonFiniteLoss
 from detector.config import load_config
+from detector.schedule import DarknetSchedule, LearningRateCallback, learning_rate_at
 from detector.state import RunState, resolve, truncate_csv
 from detector.training import run
 
@@ -95,6 +96,66 @@ def test_resume_restores_weights_optimiser_and_ema_exactly(tmp_path):
     for name in saved:
         np.testing.assert_array_equal(saved[name], restored[name], err_msg=name)
     assert int(restored["0:iteration"]) == 8  # 2 epochs x 4 steps
+
+
+class LoggedLr(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.lrs = {**getattr(self, "lrs", {}), epoch: logs["lr"]}
+
+
+def _scheduled_fit(run_dir, epochs=4, stop=None, optimizer_lr=None):
+    """The toy model under an in-graph cosine schedule (4 steps per epoch): the logged
+    lr per epoch and the final weights."""
+    keras.utils.set_random_seed(0)
+    schedule = DarknetSchedule(0.05, total_steps=16, warmup_steps=3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(optimizer_lr or schedule), loss="mse")
+    logged = LoggedLr()
+    extra = [Stop()] if stop else []
+    model.fit(
+        *DATA,
+        batch_size=8,
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
+        callbacks=[LearningRateCallback(schedule), logged, RunState(str(run_dir)), *extra],
+    )
+    return logged.lrs, model.get_weights()
+
+
+def test_resumed_schedule_gives_the_same_lr_and_weights(tmp_path):
+    whole_lrs, whole_weights = _scheduled_fit(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        _scheduled_fit(tmp_path / "cut", stop=True)
+    resumed_lrs, resumed_weights = _scheduled_fit(tmp_path / "cut")
+    assert sorted(resumed_lrs) == [2, 3]
+    for epoch in (2, 3):  # the lr of each epoch's last step: steps 11 and 15
+        assert resumed_lrs[epoch] == whole_lrs[epoch]
+        assert resumed_lrs[epoch] == pytest.approx(
+            learning_rate_at(4 * epoch + 3, base_lr=0.05, total_steps=16, warmup_steps=3)
+        )
+    for got, want in zip(resumed_weights, whole_weights, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_state_whose_optimiser_does_not_restore_is_refused(tmp_path):
+    """A state saved with a fixed-lr optimiser (one more variable: the lr) loads into the
+    scheduled one with only a Keras warning and the step back at 0: refused, not resumed."""
+    with pytest.raises(KeyboardInterrupt):
+        _scheduled_fit(tmp_path, stop=True, optimizer_lr=0.05)
+    with pytest.raises(ValueError, match="did not restore the optimiser"):
+        _scheduled_fit(tmp_path)
+
+
+def test_state_of_another_architecture_is_a_value_error_naming_it(tmp_path):
+    """Not Keras' "N objects could not be loaded": the file and what to do."""
+    _toy_model().fit(*DATA, batch_size=8, epochs=1, verbose=0, callbacks=[RunState(str(tmp_path))])
+    keras.utils.set_random_seed(0)
+    wider = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.Dense(1)])
+    wider.compile(keras.optimizers.Adam(0.01), loss="mse")
+    weights = os.path.join(str(tmp_path), "state", "latest.weights.h5")
+    with pytest.raises(ValueError, match=f"{weights} does not fit the model built from the run"):
+        wider.fit(*DATA, batch_size=8, epochs=2, verbose=0, callbacks=[RunState(str(tmp_path))])
 
 
 def test_kill_between_the_two_renames_falls_back_to_the_previous_state(tmp_path):

@@ -1,6 +1,7 @@
 """Darknet interoperability: cfg files, ``.weights`` files, and darknet's inference arithmetic.
 
-- ``cfg``: parse a cfg; darknet's layer table (shapes, BFLOPs); ``[region]`` options.
+- ``cfg``: parse a cfg (``section``: one section); darknet's layer table (shapes, BFLOPs);
+  ``region``: the ``[region]`` options.
 - ``build``: ``build_from_cfg`` -> the same kind of Keras model ``build_inference_model`` makes.
 - ``weights``: the ``.weights`` binary format (reader, writer; both header versions).
 - ``transfer``: Keras conv/BN layers <-> darknet values; ``load_init_weights`` for training.
@@ -16,12 +17,12 @@ import importlib
 # ``python -m detector.darknet layers``) do not pay for importing TensorFlow.
 _EXPORTS = {
     "build_from_cfg": "build",
-    "RegionSpec": "cfg",
+    "RegionSpec": "region",
     "format_table": "cfg",
     "layer_table": "cfg",
     "read_cfg": "cfg",
     "region_loss_config": "cfg",
-    "region_spec": "cfg",
+    "region_spec": "region",
     "total_bflops": "cfg",
     "darknet_letterbox": "inference",
     "darknet_region_output": "inference",

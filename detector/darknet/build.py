@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import keras
 
-from detector.darknet.cfg import BUILDABLE, LayerInfo, layer_table, read_cfg, region_spec
+from detector.darknet.cfg import BUILDABLE, LayerInfo, layer_table, read_cfg
+from detector.darknet.region import region_spec
 from detector.layers import SpaceToDepth, YoloHead
 
 # Keras BN computes (x - mean) / sqrt(var + eps); darknet (x - mean) / (sqrt(var) + 1e-6).

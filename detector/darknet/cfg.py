@@ -2,15 +2,19 @@
 
 Pure Python (no Keras): ``read_cfg`` turns a cfg into sections, ``layer_table`` walks them
 as darknet's ``parse_network_cfg`` does and gives every layer's output size and cost, and
-``RegionSpec`` holds the ``[region]`` options with their mapping onto our loss config.
+``detector.darknet.region`` reads the ``[region]`` options.
 Darknet numbers its layers from 0, not counting ``[net]``; so do the tables here.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+
+from detector.darknet import limits
+from detector.darknet.region import RegionSpec, region_spec
+from detector.darknet.section import Section
+from detector.safe_yaml import short
 
 # Section names darknet accepts for each kind we know (darknet's string_to_layer_type).
 KINDS = {
@@ -33,42 +37,6 @@ BUILDABLE = {"conv", "max", "route", "reorg", "region"}
 ACTIVATIONS = {"leaky", "linear", "logistic", "relu"}
 
 
-@dataclass
-class Section:
-    """One ``[kind]`` block: its options as strings, and where it starts (for messages)."""
-
-    kind: str
-    options: dict[str, str]
-    line: int
-    source: str = "cfg"
-
-    def where(self) -> str:
-        return f"{self.source}:{self.line} [{self.kind}]"
-
-    def get_int(self, key: str, default: int) -> int:
-        return int(self._number(key, default, int))
-
-    def get_float(self, key: str, default: float) -> float:
-        return float(self._number(key, default, float))
-
-    def get_floats(self, key: str) -> list[float]:
-        text = self.options.get(key, "")
-        try:
-            return [float(v) for v in text.split(",") if v]
-        except ValueError:
-            raise ValueError(f"{self.where()}: {key}={text!r} is not a list of numbers") from None
-
-    def _number(self, key, default, kind):
-        if key not in self.options:
-            return default
-        try:
-            return kind(float(self.options[key])) if kind is int else kind(self.options[key])
-        except ValueError:
-            raise ValueError(
-                f"{self.where()}: {key}={self.options[key]!r} is not a number"
-            ) from None
-
-
 def read_cfg(path_or_text: str) -> list[Section]:
     """Parses a darknet cfg (a file path, or the cfg text itself) into sections.
 
@@ -81,10 +49,7 @@ def read_cfg(path_or_text: str) -> list[Section]:
     is_path = "\n" not in path_or_text and "[" not in path_or_text
     source = os.path.basename(path_or_text) if is_path else "cfg"
     if is_path:
-        if not os.path.isfile(path_or_text):
-            raise ValueError(f"cfg file not found: {path_or_text}")
-        with open(path_or_text) as f:
-            path_or_text = f.read()
+        path_or_text = limits.read_cfg_text(path_or_text)
     sections: list[Section] = []
     for number, raw in enumerate(path_or_text.splitlines(), 1):
         line = "".join(raw.split())
@@ -93,10 +58,10 @@ def read_cfg(path_or_text: str) -> list[Section]:
         if line.startswith("["):
             name = line.strip("[]").lower()
             if name not in KINDS:
-                raise ValueError(f"{source}:{number}: unsupported section [{name}]")
-            sections.append(Section(KINDS[name], {}, number, source))
+                raise ValueError(f"{source}:{number}: unsupported section [{name[:40]}]")
+            sections.append(Section(KINDS[name], {}, number, source, len(sections)))
         elif not sections or "=" not in line:
-            raise ValueError(f"{source}:{number}: cannot parse {raw.strip()!r}")
+            raise ValueError(f"{source}:{number}: cannot parse {short(raw.strip())}")
         else:
             key, value = line.split("=", 1)
             sections[-1].options[key] = value
@@ -136,8 +101,9 @@ def net_size(sections: list[Section], input_size: int | None = None) -> tuple[in
     net = sections[0]
     channels = net.get_int("channels", 3)
     if input_size is not None:
-        return int(input_size), int(input_size), channels
-    return net.get_int("width", 0), net.get_int("height", 0), channels
+        side = limits.check_int("--input-size", "net", "width", int(input_size))
+        return side, side, channels
+    return net.get_int("width", 1), net.get_int("height", 1), channels
 
 
 def layer_table(sections: list[Section], input_size: int | None = None) -> list[LayerInfo]:
@@ -151,12 +117,17 @@ def layer_table(sections: list[Section], input_size: int | None = None) -> list[
         ValueError: an option we do not support, or sizes that do not fit together.
     """
     size = net_size(sections, input_size)
-    if min(size) <= 0:
-        raise ValueError(f"{sections[0].where()}: width, height and channels must be > 0")
+    limits.check_output(sections[0].where(), size)
     rows: list[LayerInfo] = []
+    params = 0
     for index, section in enumerate(sections[1:]):
         previous = rows[-1].output if rows else size
-        rows.append(_layer(index, section, previous, rows))
+        row = _layer(index, section, previous, rows)
+        limits.check_output(section.where(), row.output)
+        if row.kind == "conv":
+            params += limits.check_conv(section.where(), row.size, row.input[2], row.filters)
+        rows.append(row)
+    limits.check_total(sections[0].source, params)
     return rows
 
 
@@ -168,7 +139,7 @@ def _layer(index: int, s: Section, previous, rows) -> LayerInfo:
         stride = s.get_int("stride", 1)
         size = s.get_int("size", stride)
         padding = s.get_int("padding", size - 1)
-        if padding != size - 1 or (stride > 1 and size > 2) or size < 1 or stride < 1:
+        if padding != size - 1 or (stride > 1 and size > 2):
             raise ValueError(
                 f"{s.where()}: only size-2 or stride-1 max-pools with darknet's "
                 f"default padding are supported (size={size}, stride={stride})"
@@ -215,8 +186,7 @@ def _conv(index: int, s: Section, previous) -> LayerInfo:
     for key, default in (("groups", 1), ("binary", 0), ("xnor", 0)):
         if s.get_int(key, default) != default:
             raise ValueError(f"{s.where()}: {key}={s.options[key]} is not supported")
-    if min(filters, size, stride) < 1:
-        raise ValueError(f"{s.where()}: filters, size and stride must be >= 1")
+    limits.check_conv(s.where(), size, previous[2], filters)  # before any other arithmetic
     out_w, out_h = (w + 2 * pad - size) // stride + 1, (h + 2 * pad - size) // stride + 1
     if min(out_w, out_h) < 1:
         raise ValueError(f"{s.where()}: input {w}x{h} is too small for size {size}")
@@ -240,13 +210,13 @@ def _route(index: int, s: Section, rows: list[LayerInfo]) -> LayerInfo:
         refs = [int(v) for v in s.options.get("layers", "").split(",") if v]
     except ValueError:
         raise ValueError(
-            f"{s.where()}: layers={s.options.get('layers')!r} is not a list of integers"
+            f"{s.where()}: layers={short(s.options.get('layers'))} is not a list of integers"
         ) from None
     sources = [index + r if r < 0 else r for r in refs]
-    if not sources or any(not 0 <= i < index for i in sources):
+    if not sources or len(sources) > 64 or any(not 0 <= i < index for i in sources):
         raise ValueError(
-            f"{s.where()}: layers={s.options.get('layers')} must name earlier "
-            f"layers (this is layer {index})"
+            f"{s.where()}: layers={short(s.options.get('layers'))} must name earlier "
+            f"layers, 1 to 64 of them (this is layer {index})"
         )
     shapes = [rows[i].output for i in sources]
     if len({shape[:2] for shape in shapes}) != 1:
@@ -284,82 +254,6 @@ def format_table(rows: list[LayerInfo]) -> str:
     return "\n".join(lines)
 
 
-@dataclass
-class RegionSpec:
-    """The ``[region]`` options, with darknet's defaults (parse_region).
-
-    ``anchors`` are (w, h) pairs in grid cells (stride-32 units), as our YoloHead wants.
-    """
-
-    anchors: list[list[float]]
-    classes: int
-    num: int
-    coords: int = 4
-    softmax: bool = False
-    thresh: float = 0.5
-    object_scale: float = 1.0
-    noobject_scale: float = 1.0
-    class_scale: float = 1.0
-    coord_scale: float = 1.0
-    rescore: bool = False
-    bias_match: bool = False
-    jitter: float = 0.2
-    random: bool = False
-    absolute: bool = False
-
-    @classmethod
-    def from_section(cls, s: Section) -> RegionSpec:
-        num, classes = s.get_int("num", 1), s.get_int("classes", 20)
-        values = s.get_floats("anchors") or [0.5] * (2 * num)
-        if len(values) != 2 * num:
-            raise ValueError(
-                f"{s.where()}: {len(values)} anchor values for num={num} (expected {2 * num})"
-            )
-        read = {
-            "bool": lambda k, d: bool(s.get_float(k, d)),
-            "int": s.get_int,
-            "float": s.get_float,
-        }
-        options = {f.name: read[f.type](f.name, f.default) for f in fields(cls)[3:]}
-        spec = cls(
-            [[values[2 * i], values[2 * i + 1]] for i in range(num)], classes, num, **options
-        )
-        if spec.coords != 4 or "tree" in s.options or "map" in s.options:
-            raise ValueError(f"{s.where()}: only coords=4 without tree/map is supported")
-        if not spec.softmax:
-            raise ValueError(
-                f"{s.where()}: softmax=0 is not supported (our decoder applies "
-                f"softmax to the class logits, as darknet does with softmax=1)"
-            )
-        return spec
-
-    def loss_config(self) -> dict:
-        """This region's training settings under our ``loss`` config keys.
-
-        Darknet's warm-up (12 800 seen images, prior pull scaled by .01), its MSE
-        objectness and single-anchor matching are fixed in its code; they are given
-        here so the dict is the whole of darknet's loss.
-        """
-        return {
-            "coord_scale": self.coord_scale,
-            "object_scale": self.object_scale,
-            "noobject_scale": self.noobject_scale,
-            "class_scale": self.class_scale,
-            "ignore_thresh": self.thresh,
-            "rescore": self.rescore,
-            "warmup_images": 12800,
-            "prior_scale": 0.01,
-            "objectness": "mse",
-            "iou_thresh": 1.0,
-        }
-
-
-def region_spec(sections: list[Section]) -> RegionSpec | None:
-    """The cfg's ``[region]`` (the last one), or None for a cfg without one."""
-    regions = [s for s in sections if s.kind == "region"]
-    return RegionSpec.from_section(regions[-1]) if regions else None
-
-
 def region_loss_config(path_or_text: str) -> dict:
     """``[region]``'s loss settings as ``loss.*`` config values (see RegionSpec.loss_config).
 
@@ -370,15 +264,3 @@ def region_loss_config(path_or_text: str) -> dict:
     if spec is None:
         raise ValueError("the cfg has no [region] section")
     return spec.loss_config()
-
-
-def region_notes(spec: RegionSpec) -> list[str]:
-    """Notes on the region options our loss cannot follow (empty when it follows all)."""
-    notes = []
-    if not spec.bias_match:
-        notes.append("bias_match=0: darknet matches by predicted box; our loss by anchor shape")
-    if spec.random:
-        notes.append("random=1: darknet's multi-scale; set data.multiscale to follow it")
-    if not math.isclose(spec.jitter, 0.0):
-        notes.append(f"jitter={spec.jitter}: darknet's crop jitter; see data.scale/translate")
-    return notes

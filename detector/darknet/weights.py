@@ -122,21 +122,23 @@ def read_weights(
     Raises:
         ValueError: missing file; a size that does not fit ``specs`` (too long, too short
         without ``allow_partial``, or ending inside a layer), with expected and actual
-        sizes in floats and bytes.
+        sizes in floats and bytes, checked before the file's body is read.
     """
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise ValueError(f"weights file not found: {path}")
+    # The size is checked against the cfg's from the header alone: a file of the wrong
+    # size (or a huge one) is refused before its body is read.
     with open(path, "rb") as f:
-        data = f.read()
-    header = read_header(data, name)
-    body = len(data) - header.nbytes
-    expected = sum(spec.floats for spec in specs)
-    count = _whole_layers(specs, body // FLOAT.itemsize) if allow_partial else len(specs)
-    needed = sum(spec.floats for spec in specs[:count]) if count > 0 else -1
-    if body != needed * FLOAT.itemsize:
-        raise ValueError(_size_message(name, header, body, expected, len(specs), allow_partial))
-    values = np.frombuffer(data, FLOAT, count=needed, offset=header.nbytes)
+        header = read_header(f.read(20), name)
+        body = os.fstat(f.fileno()).st_size - header.nbytes
+        expected = sum(spec.floats for spec in specs)
+        count = _whole_layers(specs, body // FLOAT.itemsize) if allow_partial else len(specs)
+        needed = sum(spec.floats for spec in specs[:count]) if count > 0 else -1
+        if body != needed * FLOAT.itemsize:
+            raise ValueError(_size_message(name, header, body, expected, len(specs), allow_partial))
+        f.seek(header.nbytes)
+        values = np.frombuffer(f.read(needed * FLOAT.itemsize), FLOAT)
     layers, offset = [], 0
     for spec in specs[:count]:
         layer, offset = _take(values, offset, spec)

@@ -31,7 +31,7 @@ from detector.config import load_config
 from detector.data.export import write_coco, write_voc, write_yolo
 from detector.data.plots import plot_augmented, plot_box_shapes, plot_class_histogram
 from detector.data.records import Dataset
-from detector.data.spec import SPLITS, load_dataset, load_spec
+from detector.data.spec import SPLITS, load_dataset, load_spec, overlap_warning, split_overlap
 from detector.data.synthetic import make_synthetic
 from detector.data.tfrecord import pack_split
 from detector.grid import STRIDE
@@ -75,6 +75,13 @@ def check(args: argparse.Namespace) -> int:
         print(format_summary(split, summary))
         print(dataset.problems.report(f"  {split}"))
     report["names"] = datasets[splits[0]].names
+    report["overlap"] = {}
+    for other in ("val", "test"):
+        if "train" in datasets and other in datasets:
+            shared = split_overlap(datasets["train"], datasets[other])
+            report["overlap"][f"train/{other}"] = shared
+            if shared:
+                print(overlap_warning("train", other, shared))
     if args.json:
         atomic_write_json(args.json, report)
         print(f"wrote {args.json}")
@@ -134,6 +141,9 @@ def pack(args: argparse.Namespace) -> int:
 def anchors(args: argparse.Namespace) -> int:
     if args.input_size <= 0 or args.input_size % STRIDE:
         raise ValueError(f"--input-size: {args.input_size} is not a positive multiple of 32")
+    for flag, value in (("--k", args.k), ("--restarts", args.restarts)):
+        if value < 1:
+            raise ValueError(f"{flag}: expected an integer >= 1, got {value}")
     dataset = load_dataset(args.spec, args.split, check_images=False)
     wh = box_shapes(dataset.records, args.input_size, args.letterbox)
     centres = kmeans_anchors(wh, args.k, args.seed, restarts=args.restarts)

@@ -134,11 +134,25 @@ def _categories(data: dict[str, Any], path: str) -> tuple[list[int], list[str]]:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An int (not a bool) that fits int64, as ids are stored."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+    """A JSON number that float64 holds (NaN and inf included: `clean_boxes` counts
+    those; an integer beyond float64 is not a number here)."""
+    if not isinstance(value, Real) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _is_size(value: Any) -> bool:
+    """An image side in pixels: a number in [1, 2**31)."""
+    return _is_number(value) and 1 <= value < 2**31
 
 
 def _images(
@@ -158,14 +172,14 @@ def _images(
             isinstance(image, dict)
             and _is_int(image.get("id"))
             and isinstance(image.get("file_name"), str)
-            and all(_is_number(image.get(k)) and image[k] > 0 for k in ("width", "height"))
+            and all(_is_size(image.get(k)) for k in ("width", "height"))
             and image["id"] not in seen
         )
         if not ok:
             problems.add(
                 "annotation_malformed",
-                f"{path}: images[{i}]: expected a new int id, file_name and positive "
-                "width and height",
+                f"{path}: images[{i}]: expected a new int id, file_name and width and "
+                "height in [1, 2**31)",
             )
             continue
         seen.add(image["id"])

@@ -12,6 +12,7 @@ starting with ``#`` are skipped). The split's images are all of them, sorted by 
 import os
 
 from detector.data.files import list_images
+from detector.data.image_checks import MAX_PIXELS
 from detector.data.records import Dataset
 from detector.data.yolo import read_yolo_files
 
@@ -79,9 +80,11 @@ def list_split(sources: list[str], root: str) -> dict:
     return {"images": common, "sources": list(sources), "root": root}
 
 
-def read_list_split(split: dict, names: list[str], where: str) -> Dataset:
+def read_list_split(
+    split: dict, names: list[str], where: str, max_pixels: int = MAX_PIXELS
+) -> Dataset:
     """The records of a split made by `list_split`; image ids are 1-based positions in
-    `split_images`' order.
+    `split_images`' order; images over `max_pixels` pixels are skipped (`read_yolo_files`).
 
     A split of images none of which has a label file is an error naming `where` (the
     spec and split): its labels are elsewhere, not a split of negatives.
@@ -93,4 +96,4 @@ def read_list_split(split: dict, names: list[str], where: str) -> Dataset:
             f"{pairs[0][1]}: the image's path with its last images/ or JPEGImages/ "
             "folder replaced by labels/, or beside the image, extension .txt)"
         )
-    return read_yolo_files(pairs, names)
+    return read_yolo_files(pairs, names, max_pixels=max_pixels)

@@ -71,11 +71,18 @@ def plot_box_shapes(dataset: Dataset, cfg, path: str) -> str:
 
 
 def plot_augmented(dataset: Dataset, cfg, path: str, count: int = 16, seed: int = 0) -> str:
-    """A grid of training samples as the pipeline makes them, boxes and classes drawn."""
+    """A grid of training samples as the pipeline makes them (mosaic and mixup included
+    with ``data.mosaic`` / ``data.mixup`` > 0, record lists only), boxes and classes drawn."""
     from detector.build import make_augmenter
     from detector.data.augment import prepare_example
+    from detector.data.mosaic import ExampleMaker
 
     augmenter = make_augmenter(cfg.data)
+    d, size = cfg.data, cfg.model.input_size
+    maker = None
+    if not dataset.records.packed:
+        work = round(max([size, *d.multiscale]) * augmenter.max_zoom)
+        maker = ExampleMaker(dataset.records, augmenter, d.letterbox, work, d.mosaic, d.mixup)
     rng = np.random.default_rng(seed)
     records = dataset.records
     with_boxes = [i for i, r in enumerate(records) if len(r.boxes)] or list(range(len(records)))
@@ -84,7 +91,7 @@ def plot_augmented(dataset: Dataset, cfg, path: str, count: int = 16, seed: int 
         for i in rng.choice(len(with_boxes), min(count, len(with_boxes)), replace=False)
     ]
     # a packed split has its images in its shards, not (necessarily) at the original paths
-    images = records.read_images(picks)
+    images = {} if maker else records.read_images(picks)
     cols = int(np.ceil(np.sqrt(len(picks))))
     rows = int(np.ceil(len(picks) / cols))
     fig = Figure(figsize=(3 * cols, 3 * rows))
@@ -92,14 +99,12 @@ def plot_augmented(dataset: Dataset, cfg, path: str, count: int = 16, seed: int 
     for ax in axes.ravel():
         ax.axis("off")
     for ax, index in zip(axes.ravel(), picks, strict=False):
-        image, boxes, classes = prepare_example(
-            records[index],
-            cfg.model.input_size,
-            augmenter,
-            rng,
-            cfg.data.letterbox,
-            images.get(index),
-        )
+        if maker is not None:
+            image, boxes, classes = maker.make(index, size, rng)
+        else:
+            image, boxes, classes = prepare_example(
+                records[index], size, augmenter, rng, d.letterbox, images.get(index)
+            )
         ax.imshow(image)
         for (x1, y1, x2, y2), c in zip(boxes, classes, strict=True):
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1))

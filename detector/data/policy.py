@@ -8,7 +8,9 @@ under one of the reasons of `detector.data.records.PROBLEM_REASONS`:
 - boxes: unknown class (name, category id or index) -> dropped; a NaN/inf coordinate ->
   dropped; zero or negative width/height -> dropped; wholly outside the image -> dropped;
   partly outside -> clipped to the image and kept;
-- images: missing file, not an image, undecodable, or truncated -> the image is skipped;
+- images: missing file, not an image, undecodable, truncated (ends before its JPEG EOI /
+  PNG IEND; bytes after it are fine), or a header over `max_pixels` pixels (never
+  decoded) -> the image is skipped;
   grayscale, with an alpha channel, or 16 bits per channel -> converted to 8-bit RGB when
   read, kept; an EXIF orientation other than 1 -> applied, the labels are read on the
   displayed image (`detector.data.files`), kept; a displayed size that differs from the
@@ -27,6 +29,7 @@ import cv2
 import numpy as np
 
 from detector.data.files import decode_oriented
+from detector.data.image_checks import MAX_PIXELS, ImageTooLarge, check_pixels, is_truncated
 from detector.data.records import Dataset, Problems, Record
 
 # Pixels a box may stick out of its image before it counts as clipped: normalised
@@ -139,14 +142,17 @@ def image_kind(head: bytes) -> str | None:
     return None
 
 
-def inspect_image(path: str) -> tuple[str | None, list[str], tuple[int, int] | None]:
-    """Opens one image the way training will and says what is wrong with it.
+def inspect_image(
+    path: str, max_pixels: int = MAX_PIXELS
+) -> tuple[str | None, list[str], tuple[int, int] | None]:
+    """Opens one image the way training will and says what is wrong with it; an image
+    whose header declares over `max_pixels` pixels is not decoded.
 
     Returns:
         (fatal reason or None, conversion reasons, (height, width) as displayed or None).
         A fatal reason is one of image_missing, image_not_an_image, image_unreadable,
-        image_truncated; conversions are among image_exif_rotated, image_grayscale,
-        image_rgba, image_16bit.
+        image_too_large, image_truncated; conversions are among image_exif_rotated,
+        image_grayscale, image_rgba, image_16bit.
     """
     try:
         with open(path, "rb") as f:
@@ -158,9 +164,11 @@ def inspect_image(path: str) -> tuple[str | None, list[str], tuple[int, int] | N
     kind = image_kind(data[:16])
     if kind is None:
         return "image_not_an_image", [], None
-    if kind == "jpeg" and b"\xff\xd9" not in data[-1024:]:
-        return "image_truncated", [], None
-    if kind == "png" and b"IEND" not in data[-64:]:
+    try:
+        check_pixels(data, path, max_pixels)
+    except ImageTooLarge:
+        return "image_too_large", [], None
+    if is_truncated(data, kind):  # bytes after the end marker are fine (motion photos)
         return "image_truncated", [], None
     image, orientation = decode_oriented(data, cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -175,15 +183,20 @@ def inspect_image(path: str) -> tuple[str | None, list[str], tuple[int, int] | N
     return None, conversions, image.shape[:2]
 
 
-def check_images(dataset: Dataset, threads: int | None = None) -> Dataset:
+def check_images(
+    dataset: Dataset, threads: int | None = None, max_pixels: int = MAX_PIXELS
+) -> Dataset:
     """Opens every image of `dataset` once; returns it without the unusable ones.
 
     Fatal problems skip the record; conversions and a size differing from the
-    annotation's are counted and the record is kept (see the module docstring).
+    annotation's are counted and the record is kept (see the module docstring). Images
+    over `max_pixels` pixels are skipped from their header, never decoded.
     """
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
-        found = list(pool.map(lambda record: inspect_image(record.path), dataset.records))
+        found = list(
+            pool.map(lambda record: inspect_image(record.path, max_pixels), dataset.records)
+        )
     problems = Problems().merge(dataset.problems)
     kept: list[Record] = []
     for record, (fatal, conversions, size) in zip(dataset.records, found, strict=True):

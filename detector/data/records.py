@@ -21,6 +21,7 @@ PROBLEM_REASONS = {
     "image_not_an_image": "file is not an image (unknown signature): image skipped",
     "image_unreadable": "image file that cannot be decoded: image skipped",
     "image_truncated": "truncated image file: image skipped",
+    "image_too_large": "image header over data.max_pixels pixels: image skipped, not decoded",
     "image_exif_rotated": "EXIF orientation applied: labels read on the displayed image, kept",
     "image_grayscale": "grayscale image: converted to RGB, kept",
     "image_rgba": "image with alpha channel: converted to RGB, kept",

@@ -42,6 +42,7 @@ from typing import Any
 
 from detector.data.coco import read_coco
 from detector.data.darknet_data import darknet_spec, is_darknet_data
+from detector.data.image_checks import MAX_PIXELS
 from detector.data.image_lists import read_list_split
 from detector.data.policy import check_images as check_dataset_images
 from detector.data.records import Dataset
@@ -70,12 +71,14 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "classes": list(SHAPES),
     **asdict(Style()),
 }
-SYNTHETIC_MINIMA = {
-    "seed": 0,
-    "train_images": 1,
-    "val_images": 1,
-    "size": MIN_IMAGE_SIZE,
-    "max_objects": 1,
+# (min, max) of the generator's integers: the maxima keep a hostile spec from starting
+# an endless generation (10**29 images) or a huge allocation.
+SYNTHETIC_RANGES = {
+    "seed": (0, 2**32 - 1),
+    "train_images": (1, 1_000_000),
+    "val_images": (1, 1_000_000),
+    "size": (MIN_IMAGE_SIZE, 4096),
+    "max_objects": (1, 1000),
 }
 STYLE_RANGES = {"min_side": (2.0, 10_000.0), "max_side": (2.0, 10_000.0), "clutter": (0.0, 1.0)}
 
@@ -129,7 +132,9 @@ def load_spec(path: str) -> dict[str, Any]:
     return spec
 
 
-def load_dataset(spec_path: str, split: str, check_images: bool = True) -> Dataset:
+def load_dataset(
+    spec_path: str, split: str, check_images: bool = True, max_pixels: int = MAX_PIXELS
+) -> Dataset:
     """The records of one split of the dataset a spec describes.
 
     Args:
@@ -137,12 +142,36 @@ def load_dataset(spec_path: str, split: str, check_images: bool = True) -> Datas
         split: str. "train", "val" or "test".
         check_images: bool. Open every image once and drop the unusable ones (counted in
             `problems`). Defaults to True.
+        max_pixels: int. Images whose header declares more pixels are skipped without
+            being decoded (`image_too_large`; `data.max_pixels`). Defaults to `MAX_PIXELS`.
     """
     spec = _load_split(spec_path, split)
-    dataset = READERS[spec["format"]](spec, split)
+    dataset = READERS[spec["format"]](spec, split, max_pixels)
     if check_images and spec["format"] != "tfrecord":  # packed images were checked then
-        dataset = check_dataset_images(dataset)
+        dataset = check_dataset_images(dataset, max_pixels=max_pixels)
     return _with_names(dataset, spec, split)
+
+
+def split_overlap(first: Dataset, second: Dataset) -> int:
+    """How many images of `first` are also in `second`: the same file (resolved path),
+    or the same image id of the one COCO json both read. Packed splits count 0 (their
+    records are not read for this)."""
+    if getattr(first.records, "packed", False) or getattr(second.records, "packed", False):
+        return 0
+    paths = {os.path.realpath(r.path) for r in second.records}
+    same_json = first.annotation_file is not None and (
+        first.annotation_file == second.annotation_file
+    )
+    ids = set(second.records.image_ids().tolist()) if same_json else set()
+    return sum(os.path.realpath(r.path) in paths or r.image_id in ids for r in first.records)
+
+
+def overlap_warning(first: str, second: str, count: int) -> str:
+    """The warning line for `count` images shared by splits `first` and `second`."""
+    return (
+        f"warning: {count} image(s) of {first} are also in {second} (same file, or same "
+        f"image id of one COCO json): the {second} scores will be optimistic"
+    )
 
 
 def _with_names(dataset: Dataset, spec: dict[str, Any], split: str) -> Dataset:
@@ -188,8 +217,9 @@ def _annotation_file(spec: dict[str, Any], split: str) -> str:
     return path
 
 
-def _read_coco(spec: dict[str, Any], split: str) -> Dataset:
-    """COCO reader on a checked split: annotations file and images folder must exist."""
+def _read_coco(spec: dict[str, Any], split: str, max_pixels: int = MAX_PIXELS) -> Dataset:
+    """COCO reader on a checked split: annotations file and images folder must exist.
+    (The json alone is read: `max_pixels` applies when the images are checked.)"""
     annotations, images = _annotation_file(spec, split), spec[split]["images"]
     if not os.path.isdir(images):
         raise ValueError(f"{spec['path']}: {split}.images: folder not found: {images}")
@@ -204,7 +234,7 @@ def _folder(spec: dict[str, Any], split: str, key: str) -> str:
     return path
 
 
-def _read_voc(spec: dict[str, Any], split: str) -> Dataset:
+def _read_voc(spec: dict[str, Any], split: str, max_pixels: int = MAX_PIXELS) -> Dataset:
     """VOC reader on a checked split; class names from the spec or from every xml."""
     images, annotations = _folder(spec, split, "images"), _folder(spec, split, "annotations")
     names = spec["names"]
@@ -216,20 +246,21 @@ def _read_voc(spec: dict[str, Any], split: str) -> Dataset:
     ids = spec[split].get("ids")
     if ids is not None and not os.path.isfile(ids):
         raise ValueError(f"{spec['path']}: {split}.ids: file not found: {ids}")
-    return read_voc(images, annotations, names, ids)
+    return read_voc(images, annotations, names, ids, max_pixels)
 
 
-def _read_yolo(spec: dict[str, Any], split: str) -> Dataset:
+def _read_yolo(spec: dict[str, Any], split: str, max_pixels: int = MAX_PIXELS) -> Dataset:
     """YOLO txt reader on a checked split (`names` is required for this format)."""
     if "sources" in spec[split]:  # an Ultralytics YAML or a darknet obj.data
-        return read_list_split(spec[split], spec["names"], f"{spec['path']}: {split}")
+        where = f"{spec['path']}: {split}"
+        return read_list_split(spec[split], spec["names"], where, max_pixels)
     images, labels = _folder(spec, split, "images"), spec[split]["labels"]
     if not os.path.isdir(labels):
         raise ValueError(f"{spec['path']}: {split}.labels: folder not found: {labels}")
-    return read_yolo(images, labels, spec["names"])
+    return read_yolo(images, labels, spec["names"], max_pixels)
 
 
-def _read_synthetic(spec: dict[str, Any], split: str) -> Dataset:
+def _read_synthetic(spec: dict[str, Any], split: str, max_pixels: int = MAX_PIXELS) -> Dataset:
     """Synthetic data is COCO data, made on first use."""
     _make_synthetic_split(spec, split)
     return _read_coco(spec, split)
@@ -268,12 +299,13 @@ def _make_synthetic_split(spec: dict[str, Any], split: str) -> None:
 
 
 # One reader per format, and the keys each split of that format needs.
-READERS: dict[str, Callable[[dict[str, Any], str], Dataset]] = {
+# Each takes (checked spec, split, max_pixels).
+READERS: dict[str, Callable[[dict[str, Any], str, int], Dataset]] = {
     "coco": _read_coco,
     "voc": _read_voc,
     "yolo": _read_yolo,
     "synthetic": _read_synthetic,
-    "tfrecord": lambda spec, split: load_packed(
+    "tfrecord": lambda spec, split, max_pixels=MAX_PIXELS: load_packed(
         _folder(spec, split, "packed"), split, spec["path"]
     ),
 }
@@ -324,11 +356,15 @@ def _synthetic_params(raw: Any, path: str) -> dict[str, Any]:
     raw = mapping(raw, path, "synthetic")
     reject_unknown(raw, tuple(SYNTHETIC_DEFAULTS), path, "synthetic.")
     params = {**SYNTHETIC_DEFAULTS, **raw}
-    for key, minimum in SYNTHETIC_MINIMA.items():
+    for key, (low, high) in SYNTHETIC_RANGES.items():
         value = params[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(
-                f"{path}: synthetic.{key}: expected an integer >= {minimum}, got {short(value)}"
+                f"{path}: synthetic.{key}: expected an integer >= {low}, got {short(value)}"
+            )
+        if value > high:
+            raise ValueError(
+                f"{path}: synthetic.{key}: expected at most {high}, got {short(value)}"
             )
     for key, (low, high) in STYLE_RANGES.items():
         value = params[key]

@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from detector.data.files import image_size, list_images
+from detector.data.image_checks import MAX_PIXELS, ImageTooLarge
 from detector.data.policy import build_records, clean_boxes, inspect_image
 from detector.data.records import Dataset, Problems
 
@@ -43,7 +44,11 @@ def voc_class_names(annotation_dirs: list[str]) -> list[str]:
 
 
 def read_voc(
-    images_dir: str, annotations_dir: str, names: list[str], image_set: str | None = None
+    images_dir: str,
+    annotations_dir: str,
+    names: list[str],
+    image_set: str | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> Dataset:
     """Reads one split.
 
@@ -54,6 +59,8 @@ def read_voc(
         image_set: str | None. A VOC ``ImageSets/Main/<split>.txt``: the split is the
             images (and xml files) named in it, one name (file name without extension) a
             line. Defaults to None: every image of `images_dir`.
+        max_pixels: int. An image whose size is read from its header (no ``<size>``) and
+            is over this is skipped (`image_too_large`). Defaults to `MAX_PIXELS`.
     """
     images_dir, annotations_dir = os.path.abspath(images_dir), os.path.abspath(annotations_dir)
     problems = Problems()
@@ -68,7 +75,7 @@ def read_voc(
         problems.add("image_missing", None, len(missing) - min(len(missing), 3))
     annotated, broken = _match_xml(files, annotations_dir, problems, wanted)
     image_ids = {rel: i for i, rel in enumerate(files, start=1) if rel not in broken}
-    images, rows = _objects(image_ids, images_dir, annotated, names, problems)
+    images, rows = _objects(image_ids, images_dir, annotated, names, problems, max_pixels)
     image_index = np.asarray([r[0] for r in rows], np.int64)
     classes = np.asarray([r[1] for r in rows], np.int64)
     xyxy = np.asarray([r[2] for r in rows], np.float64).reshape(-1, 4)
@@ -133,7 +140,9 @@ def _match_xml(files: list[str], annotations_dir: str, problems: Problems, wante
     return annotated, broken
 
 
-def _objects(image_ids: dict, images_dir: str, annotated: dict, names: list[str], problems):
+def _objects(
+    image_ids: dict, images_dir: str, annotated: dict, names: list[str], problems, max_pixels
+):
     """The images (relative path -> image id) with a known size, as `build_records` takes
     them, and one row per well-formed object: (position in those images, class index or
     -1, xyxy, difficult, where)."""
@@ -142,9 +151,13 @@ def _objects(image_ids: dict, images_dir: str, annotated: dict, names: list[str]
     for rel, image_id in image_ids.items():
         path = os.path.join(images_dir, rel)
         xml_path, root = annotated.get(rel, (None, None))
-        size = (_xml_size(root) if root is not None else None) or image_size(path)
+        try:
+            size = (_xml_size(root) if root is not None else None) or image_size(path, max_pixels)
+        except ImageTooLarge as error:
+            problems.add("image_too_large", str(error))
+            continue
         if size is None:
-            fatal, _, _ = inspect_image(path)
+            fatal, _, _ = inspect_image(path, max_pixels)
             problems.add(fatal or "image_unreadable", path)
             continue
         images.append((image_id, path, size))
@@ -186,10 +199,11 @@ def _number(element: ET.Element | None, tag: str) -> float | None:
 
 
 def _xml_size(root: ET.Element) -> tuple[int, int] | None:
-    """(height, width) from ``<size>``, or None when missing or not positive."""
+    """(height, width) from ``<size>``, or None when missing, not positive or absurd
+    (then the image's header gives it)."""
     size = root.find("size")
     width, height = _number(size, "width"), _number(size, "height")
-    if not width or not height or width <= 0 or height <= 0:
+    if not all(v is not None and 1 <= v < 2**31 for v in (width, height)):  # NaN, inf fail
         return None
     return int(height), int(width)
 

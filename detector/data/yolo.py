@@ -22,17 +22,22 @@ import os
 import numpy as np
 
 from detector.data.files import image_size, list_images
+from detector.data.image_checks import MAX_PIXELS, ImageTooLarge
 from detector.data.policy import build_records, clean_boxes, inspect_image
 from detector.data.records import Dataset, Problems
 
 
-def read_yolo(images_dir: str, labels_dir: str, names: list[str]) -> Dataset:
+def read_yolo(
+    images_dir: str, labels_dir: str, names: list[str], max_pixels: int = MAX_PIXELS
+) -> Dataset:
     """Reads one split laid out as an images folder and a labels folder.
 
     Args:
         images_dir: str. Folder of images (searched recursively).
         labels_dir: str. Folder of ``.txt`` label files mirroring `images_dir`.
         names: list[str]. Class names; a label's class index points into it.
+        max_pixels: int. Images whose header declares more are skipped
+            (`image_too_large`). Defaults to `MAX_PIXELS`.
     """
     images_dir, labels_dir = os.path.abspath(images_dir), os.path.abspath(labels_dir)
     problems = Problems()
@@ -49,24 +54,32 @@ def read_yolo(images_dir: str, labels_dir: str, names: list[str]) -> Dataset:
         (os.path.join(images_dir, rel), os.path.join(labels_dir, os.path.splitext(rel)[0] + ".txt"))
         for rel in files
     ]
-    return read_yolo_files(pairs, names, problems)
+    return read_yolo_files(pairs, names, problems, max_pixels)
 
 
 def read_yolo_files(
-    pairs: list[tuple[str, str]], names: list[str], problems: Problems | None = None
+    pairs: list[tuple[str, str]],
+    names: list[str],
+    problems: Problems | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> Dataset:
     """Reads one split given as (image path, label path) pairs, in that order.
 
     Image ids are the 1-based positions in `pairs`; a missing label file makes the image
-    a negative. `problems`: counts so far (e.g. of the listing), added to.
+    a negative. `problems`: counts so far (e.g. of the listing), added to. Images whose
+    header declares over `max_pixels` pixels are skipped (`image_too_large`).
     """
     problems = Problems() if problems is None else problems
     records_info, rows = [], []
     for image_id, (path, label) in enumerate(pairs, start=1):
         path = os.path.abspath(path)
-        size = image_size(path)
+        try:
+            size = image_size(path, max_pixels)
+        except ImageTooLarge as error:
+            problems.add("image_too_large", str(error))
+            continue
         if size is None:
-            fatal, _, _ = inspect_image(path)
+            fatal, _, _ = inspect_image(path, max_pixels)
             problems.add(fatal or "image_unreadable", path)
             continue
         index = len(records_info)
@@ -79,7 +92,8 @@ def read_yolo_files(
     norm = np.asarray([r[2] for r in rows], np.float64).reshape(-1, 4)
     sizes = np.asarray([info[2] for info in records_info], np.float64).reshape(-1, 2)
     limits = sizes[image_index][:, [1, 0, 1, 0]]
-    xyxy = norm * limits
+    with np.errstate(over="ignore"):  # 1e308 * width: inf, counted by clean_boxes
+        xyxy = norm * limits
     keep, clipped = clean_boxes(
         xyxy, (classes >= 0) & (classes < len(names)), limits, problems, [r[3] for r in rows]
     )
@@ -140,4 +154,5 @@ def _read_labels(path: str, problems: Problems):
         else:
             cx, cy, w, h = values[1:5]  # a 6th value is predict.py's confidence
             box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-        yield line_no, int(values[0]), box
+        cls = int(values[0])
+        yield line_no, cls if 0 <= cls < 2**31 else -1, box  # -1: an unknown class
