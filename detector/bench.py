@@ -36,7 +36,6 @@ import time
 import numpy as np
 
 from detector.bench_pipeline import pipeline_cpu_timings
-from detector.cli import quiet_update_checks
 
 TARGETS = {
     "pipeline_ratio": (">=", 0.95),
@@ -375,7 +374,6 @@ def format_table(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    quiet_update_checks()
     parser = argparse.ArgumentParser(
         prog="python -m detector.bench", description=__doc__.split("\n")[0]
     )

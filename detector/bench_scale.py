@@ -27,8 +27,6 @@ import time
 
 import numpy as np
 
-from detector.cli import quiet_update_checks
-
 
 def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
     """Seconds per step on one device vs mirrored on 2 logical CPU devices (same global
@@ -184,7 +182,6 @@ def startup(count: int, folder: str) -> dict:
 
 
 def main(argv=None) -> int:
-    quiet_update_checks()
     parser = argparse.ArgumentParser(
         prog="python -m detector.bench_scale", description=__doc__.split("\n")[0]
     )

@@ -18,12 +18,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} -h)\n")
 
 
-def quiet_update_checks() -> None:
-    """Entry points call this before albumentations is imported: at import it asks PyPI
-    for a newer version (a blocking network call of up to 2 s, and a warning offline)."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-
 def train_parser() -> argparse.ArgumentParser:
     p = Parser(description="Train a YOLOv2 detector.")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="experiment YAML")
@@ -59,7 +53,6 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def train_main(argv=None) -> int:
-    quiet_update_checks()
     parser = train_parser()
     args = parser.parse_args(argv)
     if args.resume and (args.run_dir or args.data or args.config != DEFAULT_CONFIG):
@@ -147,7 +140,6 @@ def spec_of_run(checkpoint: str, source: str = "") -> str:
 
 
 def evaluate_main(argv=None) -> int:
-    quiet_update_checks()
     parser = evaluate_parser()
     args = parser.parse_args(argv)
     if bool(args.checkpoint) == bool(args.detections):

@@ -107,8 +107,9 @@ def resolve_precision(precision: str) -> tuple[str, str]:
 def resolve_jit_compile(jit_compile, num_replicas: int, gpus: int) -> tuple[bool, str]:
     """(XLA on, why) for ``train.jit_compile`` (true, false or auto).
 
-    ``auto`` is on for one replica on a GPU. It is off under a multi-replica strategy:
-    the optimizer step's cross-replica ``merge_call`` cannot be compiled by XLA
+    ``auto`` is on for one replica on a GPU. It is off under a multi-replica strategy,
+    ``true`` too (a run started on one GPU and resumed on several records ``true``): the
+    optimizer step's cross-replica ``merge_call`` cannot be compiled by XLA
     (keras-team/keras#17187). It is off on a CPU-only process: there XLA compiles
     (tested) but runs slower than TensorFlow's own kernels (measured on the default
     config, 2 cores: 0.17-0.33 s/step with XLA vs 0.10-0.13 without, float32 and
@@ -120,13 +121,14 @@ def resolve_jit_compile(jit_compile, num_replicas: int, gpus: int) -> tuple[bool
         num_replicas: int. Replicas in sync (`Cluster.num_replicas`).
         gpus: int. GPUs this process sees.
     """
+    if num_replicas > 1 and jit_compile is not False:  # true too: it could only fail
+        setting = "auto" if jit_compile == "auto" else "true"
+        return False, (
+            f"{setting}: off with {num_replicas} replicas (XLA cannot compile the "
+            "cross-replica optimizer update, keras-team/keras#17187)"
+        )
     if jit_compile != "auto":
         return bool(jit_compile), "as configured"
-    if num_replicas > 1:
-        return False, (
-            f"auto: off with {num_replicas} replicas (XLA cannot compile the cross-replica "
-            "optimizer update, keras-team/keras#17187)"
-        )
     if gpus == 0:
         return False, "auto: off on CPU only, where XLA runs slower than TensorFlow's kernels"
     return True, "auto: one replica"

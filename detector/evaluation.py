@@ -10,8 +10,6 @@ A Keras model's detections stay arrays batch by batch (`batch_coco_detections` i
 across the evaluations of a training run, since they never change.
 """
 
-import contextlib
-import io
 import json
 
 import keras
@@ -26,6 +24,7 @@ from detector.forward import make_predict_fn
 from detector.io import atomic_write_text
 from detector.model import head_metadata
 from detector.predict import iter_results
+from detector.quiet import quiet_stdout
 from detector.results import CocoDetections, batch_coco_detections
 from detector.streaming_eval import StreamingCocoEval
 
@@ -61,7 +60,7 @@ STAT_LABELS = (
 
 def load_coco(annotation_file: str) -> COCO:
     """pycocotools' ground truth, without its chatter on stdout."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_stdout():
         return COCO(annotation_file)
 
 
@@ -74,7 +73,7 @@ def coco_metrics(coco_gt: COCO, results: list[dict], curves: dict | None = None)
     """
     if not results:
         return empty_metrics(coco_gt)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_stdout():
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         evaluator.evaluate()
@@ -148,7 +147,7 @@ class EvalImages:
 
     def batches(self, input_size: int, batch_size: int, letterbox: bool) -> tf.data.Dataset:
         """(images (B, S, S, 3) float32 0..255, record indices (B,)) in record order."""
-        from detector.data.pipeline import make_eval_dataset  # imports albumentations
+        from detector.data.pipeline import make_eval_dataset
 
         key = (int(input_size), int(batch_size), bool(letterbox))
         if key in self._datasets:

@@ -149,9 +149,10 @@ def trained_classes(run_dir: str) -> list[str] | None:
 
 
 def check_architecture(cfg: Config, run_dir: str, names: list[str]) -> None:
-    """ValueError naming what a ``--resume`` changed that the saved weights cannot follow:
+    """ValueError naming what a ``--resume`` changed that the saved state cannot follow:
     the ``model.*`` keys of `ARCHITECTURE_KEYS` that differ from the run's config.yaml,
-    and the training classes when they differ from those the run was trained on."""
+    ``train.freeze`` and a switch to or from ``mixed_float16`` (both change the optimiser's
+    variables), and the training classes when they differ from the run's."""
     path = os.path.join(run_dir, "config.yaml")
     saved = load_config(path)
     changed = [
@@ -159,6 +160,11 @@ def check_architecture(cfg: Config, run_dir: str, names: list[str]) -> None:
         for key in ARCHITECTURE_KEYS
         if getattr(cfg.model, key) != getattr(saved.model, key)
     ]
+    if cfg.train.freeze != saved.train.freeze:  # another set of optimiser variables
+        changed.append(f"train.freeze {short(cfg.train.freeze)} (was {short(saved.train.freeze)})")
+    scaled, was_scaled = (c.train.precision == "mixed_float16" for c in (cfg, saved))
+    if scaled != was_scaled:  # the loss-scale optimiser's variables come or go
+        changed.append(f"train.precision {cfg.train.precision} (was {saved.train.precision})")
     trained = trained_classes(run_dir)
     if trained is not None and list(names) != trained:
         changed.append(f"the training data's classes {short(list(names))} (was {short(trained)})")

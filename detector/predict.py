@@ -14,8 +14,7 @@ to it (0..1); a `Result`'s boxes are xyxy in *image pixels* of the original imag
 displayed (EXIF orientation applied), continuous coordinates as in COCO.
 
 `detector.data.augment` (the resize) and `detector.data.pipeline` are imported where
-used: they import albumentations, which asks PyPI for a newer version at import unless
-the entry point said not to, and ``import detector`` must not do that.
+used, so that ``import detector`` stays the model code and its registrations.
 """
 
 import functools

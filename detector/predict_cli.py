@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 
-from detector.cli import Parser, load_detector, quiet_update_checks
+from detector.cli import Parser, load_detector
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -65,7 +65,6 @@ def one_line_warning(message, category, filename, lineno, file=None, line=None) 
 
 
 def predict_main(argv=None) -> int:
-    quiet_update_checks()
     args = predict_parser().parse_args(argv)
     try:
         run = prepare_predict(args)

@@ -9,15 +9,13 @@ detections to the ground truth at IoU 0.5, made the way COCOeval makes it
 (`detector.tide.match`).
 """
 
-import contextlib
-import io
-
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector import report_plots, tide
 from detector.boxes import box_area, iou_xyxy
+from detector.quiet import quiet_stdout
 from detector.tide import Matches, greedy, match
 
 CONF_GRID = np.arange(1001) / 1000  # the confidences of the F1/P/R curves
@@ -35,7 +33,7 @@ def coco_per_class(coco_gt: COCO, results: list[dict], has_gt: np.ndarray) -> di
             "recall": recall,
             "precision50": np.zeros((len(zero), 101)),
         }
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_stdout():
         evaluator = COCOeval(coco_gt, coco_gt.loadRes([dict(r) for r in results]), "bbox")
         evaluator.evaluate()
         evaluator.accumulate()

@@ -19,16 +19,15 @@ pycocotools' annotation dicts in the worker thread too, so the thread that runs 
 builds no dict per detection.
 """
 
-import contextlib
 import copy
 import datetime
-import io
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detector.quiet import quiet_stdout
 from detector.results import CocoDetections
 
 
@@ -202,7 +201,7 @@ class StreamingCocoEval:
         self.futures.append(self.pool.submit(self._match, detections, list(image_ids)))
 
     def _match(self, results: list[dict] | CocoDetections, image_ids: list[int]) -> dict:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet_stdout():
             if isinstance(results, CocoDetections):
                 found = _annotated(self.coco_gt, results.to_annotations())
             else:
@@ -225,7 +224,7 @@ class StreamingCocoEval:
         for future in self.futures:
             keyed.update(future.result())
         self.pool.shutdown()
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet_stdout():
             evaluator = FastCocoEval(self.coco_gt, _detections(self.coco_gt, []), "bbox")
             p = evaluator.params
             p.imgIds = sorted(set(self.image_ids))

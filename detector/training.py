@@ -76,11 +76,7 @@ def _run(
     if cluster.multi_worker:
         _check_workers_agree(cluster, plan.config, len(train.records), plan.done, plan.run_dir)
     if resume and plan.done >= cfg.train.epochs:
-        print(
-            f"{plan.run_dir} has finished its {plan.done} epochs: nothing to do (pass a "
-            "larger --epochs to extend it)"
-        )
-        return {}
+        return _finished(plan, val, cfg.eval, cluster)
     announce(plan, cluster, len(train.records), len(val.records))
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     with cluster.strategy.scope():
@@ -165,6 +161,11 @@ def prepare_run(
         raise ValueError(
             f"data.batch_size: {d.batch_size} (the global batch) does not split "
             f"evenly over {cluster.num_replicas} replicas"
+        )
+    if steps % t.steps_per_execution:  # before anything is written (as build.make_schedule)
+        raise ValueError(
+            f"train.steps_per_execution: {t.steps_per_execution} does not divide the "
+            f"{steps} steps of an epoch ({len(train.records)} images // batch {d.batch_size})"
         )
     if resume and cluster.is_chief:  # locked before resolve() repairs its state
         locks.enter_context(run_lock(t.run_dir))
@@ -296,6 +297,21 @@ def fit(model, dataset, epochs: int, plan: RunPlan, callbacks: build.RunCallback
             "the chief failed during training (see its output); every worker "
             "stopped at the end of the epoch"
         )
+
+
+def _finished(plan: RunPlan, val: Dataset, e: EvalConfig, cluster: Cluster) -> dict:
+    """A ``--resume`` of a run that has trained all its epochs: writes its final report if
+    the run stopped before it was complete (Ctrl-C during it), else nothing to do."""
+    report = os.path.join(plan.run_dir, "val", "report.json")
+    best = os.path.join(plan.run_dir, "best.keras")
+    if cluster.is_chief and os.path.isfile(best) and not os.path.isfile(report):
+        print(f"{plan.run_dir} has finished its {plan.done} epochs; its final report is missing")
+        return final_report(plan.run_dir, val, e)
+    print(
+        f"{plan.run_dir} has finished its {plan.done} epochs: nothing to do (pass a "
+        "larger --epochs to extend it)"
+    )
+    return {}
 
 
 def final_report(run_dir: str, val: Dataset, e: EvalConfig) -> dict:

@@ -272,7 +272,7 @@ def forward_speed(model: keras.Model, dataset: Dataset, size: int, batch_size: i
     """Images per second of the compiled forward pass alone (no resize, decode or NMS) on
     the first `batch_size` images of `dataset` at `size`: the median of `SWEEP_REPEATS`
     timed passes after `SWEEP_WARMUP` untimed ones (tracing, caches)."""
-    from detector.data.pipeline import make_eval_dataset  # imports albumentations
+    from detector.data.pipeline import make_eval_dataset
 
     letterbox = head_metadata(model).letterbox
     images, _ = next(iter(make_eval_dataset(dataset.records, size, batch_size, letterbox)))

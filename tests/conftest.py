@@ -1,13 +1,9 @@
-import os
 from pathlib import Path
 
 import pytest
 
 from detector.data.spec import load_dataset
 from tests.data_helpers import synthetic_spec
-
-# pytest is an entry point: no PyPI update check when albumentations is imported.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 @pytest.fixture(scope="session")

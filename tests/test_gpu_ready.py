@@ -207,7 +207,9 @@ def test_auto_xla_on_made_up_machines():
     assert resolve("auto", 1, 1) == (True, "auto: one replica")
     assert resolve("auto", 4, 4)[0] is False
     assert resolve("auto", 1, 0)[0] is False  # CPU only: slower with XLA (measured)
-    assert resolve(True, 4, 4) == (True, "as configured")
+    assert resolve(True, 1, 0) == (True, "as configured")
+    jit, why = resolve(True, 4, 4)  # e.g. a one-GPU run resumed on four: it could only fail
+    assert jit is False and why.startswith("true: off with 4 replicas")
     assert resolve(False, 1, 1) == (False, "as configured")
 
 

@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # setting without resolving a GUI backend, and shows any `matplotlib.use`.
 CHILD = r"""
 import hashlib, importlib, json, logging, os, pkgutil, random, signal, sys, warnings
-import albumentations, cv2, matplotlib, numpy as np, pycocotools.cocoeval, yaml
+import cv2, matplotlib, numpy as np, pycocotools.cocoeval, yaml
 import keras, tensorflow as tf
 
 

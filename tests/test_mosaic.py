@@ -1,5 +1,7 @@
 """Tests of mosaic and mixup (`detector.data.mosaic.ExampleMaker`)."""
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -94,6 +96,10 @@ def test_unreadable_images_are_substituted_and_named_once(tmp_path, capfd):
     np.testing.assert_array_equal(classes, [2, 2])
     assert maker.unreadable == {records[1].path: 3}
     assert capfd.readouterr().err.count("img1.png: cannot read image") == 1
+    for record in records:  # the data went away: an error, not training on blanks
+        os.remove(record.path)
+    with pytest.raises(ValueError, match=r"data: \d+ training images in a row cannot be read"):
+        maker.make(0, 64, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("letterbox", [False, True])

@@ -305,6 +305,13 @@ def test_two_epochs_resumed_to_three_log_each_epoch_once(tiny_spec, tmp_path):
     proc = _train("--resume", str(run_dir), "--epochs", "3")  # finished: nothing to do
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0 and "nothing to do" in out
+    # a run stopped during its final report: the resume writes the report, trains nothing
+    (run_dir / "val" / "report.json").unlink()
+    proc = _train("--resume", str(run_dir), "--epochs", "3")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "final report is missing" in out, out[-3000:]
+    assert json.loads((run_dir / "val" / "report.json").read_text())["AP"] >= 0.0
+    assert json.loads((run_dir / "state" / "training_metadata.json").read_text())["epoch"] == 3
 
 
 def _kill_and_resume(tiny_spec, tmp_path, moments: list[float], epochs: int = 4) -> Path:

@@ -136,3 +136,14 @@ def test_time_budget_writes_the_share_every_n_batches():
     assert budget.stopped and budget.model.stop_training
     budget.on_epoch_end(0)
     assert float(schedule.time_fraction.numpy()) == 1.0
+
+
+def test_train_refuses_a_partial_execution_before_writing_anything(tiny_spec, tmp_path, capsys):
+    from detector.cli import train_main
+
+    run_dir = tmp_path / "run"
+    argv = ["--data", str(tiny_spec), "--run-dir", str(run_dir)]
+    argv += ["--set", "data.batch_size=4", "--set", "train.steps_per_execution=4"]
+    assert train_main(argv) == 2  # 24 images // 4 = 6 steps per epoch
+    assert "train.steps_per_execution: 4 does not divide the 6 steps" in capsys.readouterr().err
+    assert not run_dir.exists()

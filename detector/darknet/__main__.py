@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 
-from detector.cli import quiet_update_checks
 from detector.darknet.cfg import format_table, layer_table, read_cfg
 from detector.darknet.weights import read_header
 from detector.io import atomic_save
@@ -68,7 +67,6 @@ def layers(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_update_checks()
     parser = argparse.ArgumentParser(
         prog="python -m detector.darknet", description=__doc__.split("\n")[0]
     )

@@ -25,6 +25,7 @@ from detector.data.augment import FILL, Augmenter, prepare_example, record_boxes
 from detector.data.files import decode_reduced
 from detector.data.records import Record
 
+MAX_UNREADABLE_RUN = 32  # unreadable records in a row that end a run (see `load`)
 MIXUP_BETA = 32.0  # Ultralytics' beta(32, 32): mostly near-even blends
 
 
@@ -120,17 +121,23 @@ class ExampleMaker:
             )
 
     def load(self, index: int) -> tuple[Record, np.ndarray]:
-        """(record, image BGR) of `index`, or of the next readable record after it; a grey
-        image without boxes when none is readable."""
+        """(record, image BGR) of `index`, or of the next readable record after it.
+
+        Raises:
+            ValueError: `MAX_UNREADABLE_RUN` records in a row (or all) are unreadable: the
+            data went away (a mount dropped, a folder deleted); training on blanks would
+            silently ruin the run.
+        """
         n = len(self.records)
-        for k in range(n):
+        for k in range(min(n, MAX_UNREADABLE_RUN)):
             image = self.read((index + k) % n)
             if image is not None:
                 return self.records[(index + k) % n], image
-        record = self.records[index]
-        empty = np.zeros((0, 4), np.float32)
-        blank = Record(record.image_id, record.path, 32, 32, empty, np.zeros(0, np.int32), empty)
-        return blank, np.full((32, 32, 3), FILL, np.uint8)
+        raise ValueError(
+            f"data: {min(n, MAX_UNREADABLE_RUN)} training images in a row cannot be read, "
+            f"from {self.records[index].path}: the dataset is no longer available "
+            "(unmounted, moved or deleted?)"
+        )
 
     def make(self, index: int, size: int, rng: np.random.Generator, several: bool = True):
         """The example of record `index` at output side `size`: mosaic with probability

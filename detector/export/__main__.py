@@ -2,7 +2,6 @@
 ``python -m detector.export benchmark CHECKPOINT --data SPEC [--formats ...]``."""
 
 import argparse
-import os
 import sys
 
 
@@ -55,7 +54,6 @@ def benchmark_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI check at import
     try:
         if argv[:1] == ["benchmark"]:
             return run_benchmark(benchmark_parser().parse_args(argv[1:]))
