@@ -145,21 +145,27 @@ def make_loss(loss: LossConfig, *, anchors, num_classes: int) -> YoloLoss:
     )
 
 
+def check_steps_per_execution(train: TrainConfig, steps: int) -> None:
+    """ValueError unless ``train.steps_per_execution`` divides an epoch's `steps` (Keras
+    runs whole executions, so each epoch would run extra steps, moving the data stream and
+    the schedule away from what a resume recomputes)."""
+    if steps % train.steps_per_execution:
+        raise ValueError(
+            f"train.steps_per_execution: {train.steps_per_execution} does not divide the "
+            f"{steps} steps of an epoch (training images // data.batch_size); use a divisor"
+        )
+
+
 def make_schedule(train: TrainConfig, *, lr: float, steps: int) -> DarknetSchedule:
     """The run's learning rate: burn-in then ``train.schedule``, peak `lr`, over
     ``train.epochs`` epochs of `steps` steps (create it inside the strategy's scope: it
     holds the time-budget variable).
 
     Raises:
-        ValueError: ``train.steps_per_execution`` does not divide `steps` (Keras runs whole
-            executions, so each epoch would run extra steps, moving the data stream and the
-            schedule away from what a resume recomputes).
+        ValueError: ``train.steps_per_execution`` does not divide `steps`
+            (`check_steps_per_execution`).
     """
-    if steps % train.steps_per_execution:
-        raise ValueError(
-            f"train.steps_per_execution: {train.steps_per_execution} does not divide the "
-            f"{steps} steps of an epoch (training images // data.batch_size); use a divisor"
-        )
+    check_steps_per_execution(train, steps)
     return DarknetSchedule(
         base_lr=lr,
         total_steps=steps * train.epochs,

@@ -162,11 +162,7 @@ def prepare_run(
             f"data.batch_size: {d.batch_size} (the global batch) does not split "
             f"evenly over {cluster.num_replicas} replicas"
         )
-    if steps % t.steps_per_execution:  # before anything is written (as build.make_schedule)
-        raise ValueError(
-            f"train.steps_per_execution: {t.steps_per_execution} does not divide the "
-            f"{steps} steps of an epoch ({len(train.records)} images // batch {d.batch_size})"
-        )
+    build.check_steps_per_execution(t, steps)  # before anything is written
     if resume and cluster.is_chief:  # locked before resolve() repairs its state
         locks.enter_context(run_lock(t.run_dir))
         clean_temporaries(t.run_dir)
