@@ -125,8 +125,20 @@ class Cluster:
 
     def agree(self, ok: bool, what: str) -> None:
         """Raises on every worker if any worker reports not `ok` (so that one worker's
-        error does not leave the others waiting in a collective forever)."""
-        if self.all_max(0.0 if ok else 1.0) > 0 and ok:
+        error does not leave the others waiting in a collective forever). A worker that
+        exits as soon as its own part of the vote is done can break the collective for
+        the others (a TensorFlow error on their side): that too is "another worker
+        failed", and a worker that is not `ok` keeps its own error for its caller."""
+        import tensorflow as tf
+
+        try:
+            failed = self.all_max(0.0 if ok else 1.0) > 0
+        except tf.errors.OpError as error:
+            if not ok:
+                return  # the caller re-raises its own error, the one to report
+            lost = f"{type(error).__name__} in the vote"
+            raise ClusterError(f"another worker failed {what}; see its output ({lost})") from None
+        if failed and ok:
             raise ClusterError(f"another worker failed {what}; see its output")
 
     def write_dir(self, run_dir: str) -> str:

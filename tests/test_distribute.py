@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.distribute import resolve_kind, tf_config_workers
+from detector.distribute import Cluster, ClusterError, resolve_kind, tf_config_workers
 from tests.data_helpers import TINY_MODEL, set_flags, synthetic_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,28 @@ def test_auto_picks_the_strategy_darknet_users_expect():
     assert resolve_kind("mirrored", num_gpus=0, num_workers=1) == "mirrored"
     with pytest.raises(ValueError, match="train.distribute"):
         resolve_kind("horovod", 0, 1)
+
+
+def test_a_vote_broken_by_a_peer_that_left_is_another_workers_failure(monkeypatch):
+    """The worker that failed may exit before the others have the vote's result: their
+    collective then fails with a TensorFlow error, which must read as the other worker's
+    failure (CI saw one in this race), while the failing worker keeps its own error."""
+    import tensorflow as tf
+
+    cluster = Cluster(kind="multi_worker", strategy=None, num_replicas=2, num_workers=2)
+
+    def broken(value):
+        raise tf.errors.UnavailableError(None, None, "Socket closed")
+
+    monkeypatch.setattr(cluster, "all_max", broken)
+    with pytest.raises(ClusterError, match=r"another worker failed to set up.*UnavailableError"):
+        cluster.agree(True, "to set up")
+    assert cluster.agree(False, "to set up") is None  # its caller raises its own error
+    monkeypatch.setattr(cluster, "all_max", lambda value: 1.0)
+    with pytest.raises(ClusterError, match="another worker failed to set up; see its output$"):
+        cluster.agree(True, "to set up")
+    monkeypatch.setattr(cluster, "all_max", lambda value: 0.0)
+    cluster.agree(True, "to set up")
 
 
 def test_time_budget_acts_only_on_the_agreed_fraction():
