@@ -141,6 +141,7 @@ def make_loss(loss: LossConfig, *, anchors, num_classes: int) -> YoloLoss:
         prior_scale=loss.prior_scale,
         objectness=loss.objectness,
         box=loss.box,
+        xla=loss.xla,
         name="yolo_loss",
     )
 

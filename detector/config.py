@@ -81,7 +81,8 @@ class DataConfig:
 class LossConfig:
     """YOLOv2 region-loss scales; `warmup_images` = seen images of prior-matching warm-up;
     `iou_thresh` < 1 also assigns a box to other anchors of its cell above that shape IoU.
-    `box`: the coordinate term, "mse" (darknet's) or "ciou" (1 - complete IoU, YOLOv4)."""
+    `box`: the coordinate term, "mse" (darknet's) or "ciou" (1 - complete IoU, YOLOv4).
+    `xla`: the loss terms compiled by XLA inside the step (see `YoloLoss`)."""
 
     coord_scale: float = 1.0
     object_scale: float = 5.0
@@ -94,6 +95,7 @@ class LossConfig:
     objectness: str = "mse"
     iou_thresh: float = 1.0
     box: str = "mse"
+    xla: bool = True
 
 
 @dataclass

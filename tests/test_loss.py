@@ -205,3 +205,36 @@ def test_ciou_box_term_zero_on_target_and_gradients_finite():
     assert (grad[~responsible] == 0).all()
     with pytest.raises(ValueError, match="box must be"):
         YoloLoss(ANCHORS, C, box="giou")
+
+
+@pytest.mark.parametrize("box", ["mse", "ciou"])
+def test_xla_compiled_terms_equal_the_graph_ops(box):
+    """`xla` (the default) computes the same loss and gradient as the plain ops, eagerly
+    and inside a traced step, at two grid sizes (multi-scale batches), through the warm-up
+    switch; and it is the compiled function that runs."""
+    layers = {x: YoloLoss(ANCHORS, C, box=box, warmup_images=6, xla=x) for x in (True, False)}
+    assert (
+        layers[True].get_config()["xla"]
+        and YoloLoss.from_config(layers[False].get_config()).xla is False
+    )
+
+    def step(layer, raw, y_true, true_boxes):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer([raw, y_true, true_boxes], training=True))
+        return loss, tape.gradient(loss, raw)
+
+    traced = {x: tf.function(lambda *a, x=x: step(layers[x], *a)) for x in layers}
+    for size, seed in ((128, 0), (96, 1), (128, 2)):  # 4 images each: warm-up ends at 2nd
+        y_true, true_boxes = batch([[((20, 30, 70, 60), 1)], [], [((5, 5, 40, 50), 2)], []], size)
+        raw = tf.Variable(raw_output(y_true, seed))
+        for run in (step, None):
+            got = {
+                x: (run or traced[x])(*((layers[x],) if run else ()), raw, y_true, true_boxes)
+                for x in layers
+            }
+            np.testing.assert_allclose(got[True][0], got[False][0], rtol=1e-5)
+            np.testing.assert_allclose(got[True][1], got[False][1], rtol=1e-4, atol=1e-6)
+    assert layers[True].seen.numpy() == layers[False].seen.numpy() == 24
+    compiled = layers[True]._compiled_terms
+    assert compiled is not None and compiled.experimental_get_tracing_count() >= 1
+    assert layers[False]._compiled_terms is None
