@@ -16,12 +16,8 @@ Evaluation: ``eval_ips`` is evaluation as a training run repeats it (validation 
 kept in memory, ``eval.cache_mb``), ``eval_ips_first`` as evaluate.py runs it once.
 ``callback_share`` is measured both ways, ``_sync`` (evaluation at the epoch end) and
 ``_async`` (``eval.async``: only the time the training thread waits for the worker);
-the headline is the mode the config runs. Measured with full 150-step epochs of the
-default config on a 2-core CPU (2026-11-26): sync waits 1.05 s of a 15.46 s epoch
-(0.068), async 0.003 s of 15.19 s (0.000); but the async epoch is 0.78 s longer than
-the sync one's training part (14.41 s): on 2 cores the worker takes the cores from the
-training steps, and async saves 0.27 s of the 1.05 s. So the wait-only share credits
-async with what it does not save: the headline uses it only for a config that runs it.
+the headline is the mode the config runs (the wait-only share credits async with time it
+does not save on a machine whose cores the worker shares: docs/performance.md).
 """
 
 import argparse
@@ -35,7 +31,7 @@ import time
 
 import numpy as np
 
-from detector.bench_pipeline import pipeline_cpu_timings
+from detector.bench_pipeline import pipeline_alone, pipeline_cpu_timings, step_cpu_ms
 
 TARGETS = {
     "pipeline_ratio": (">=", 0.95),
@@ -77,6 +73,8 @@ def ratios(t: dict) -> dict:
         out["full_step_gflops"] = t["full_train_flops_per_image"] * t["full_step_ips"] / 1e9
         out["full_step_vs_matmul"] = out["full_step_gflops"] / t["matmul_gflops"]
     out["pipeline_ratio"] = t["fit_ips"] / min(t["pipeline_ips"], t["step_ips"])
+    if t.get("accelerators") == 0 and "pipeline_cpu_ms" in t:  # both on the same cores
+        out["pipeline_ratio_bound"] = t["step_cpu_ms"] / (t["step_cpu_ms"] + t["pipeline_cpu_ms"])
     out["loss_overhead"] = (t["step_seconds_yolo"] - t["step_seconds_mse"]) / t["step_seconds_yolo"]
     out["eval_vs_forward"] = t["eval_ips"] / t["forward_ips"]
     out["callback_share"] = t["eval_seconds_per_epoch"] / t["epoch_seconds"]
@@ -160,6 +158,7 @@ def _interleaved_step_seconds(jobs, steps: int, rounds: int = 3) -> list[float]:
 def measure(cfg, quick: bool = False) -> dict:
     """Runs every measurement; returns the raw timings and the derived ratios."""
     import keras
+    import tensorflow as tf
 
     from detector.build import choose_anchors, make_augmenter
     from detector.data.pipeline import TrainInput, make_train_dataset
@@ -180,7 +179,8 @@ def measure(cfg, quick: bool = False) -> dict:
             "input_size": m.input_size,
             "batch_size": d.batch_size,
             "precision": precision,
-        }
+        },
+        "accelerators": len(tf.config.list_physical_devices("GPU")),
     }
     spec = TrainInput(
         train.records,
@@ -222,14 +222,9 @@ def _step_timings(cfg, anchors, classes: int, model, pipeline, quick: bool) -> d
     t = {"step_seconds_yolo": yolo_s, "step_seconds_mse": mse_s}
     t["step_ips"] = batch / yolo_s
     t["fit_ips"] = batch / fit_s
+    t["step_cpu_ms"] = step_cpu_ms(model, first, batch, steps)
     # the input pipeline alone, in its steady state (the fits above filled any image cache)
-    it = iter(pipeline)
-    next(it)
-    n = 5 if quick else 40
-    start = time.perf_counter()
-    for _ in range(n):
-        next(it)
-    t["pipeline_ips"] = n * batch / (time.perf_counter() - start)
+    t.update(pipeline_alone(pipeline, batch, 5 if quick else 40))
     return t
 
 
@@ -343,6 +338,7 @@ ROWS = (
     ("full_step_vs_matmul", "  full step / matmul"),
     ("fit_ips", "fit over the real pipeline, images/s"),
     ("pipeline_ratio", "  fit / min(pipeline, step)"),
+    ("pipeline_ratio_bound", "  no accelerator: step CPU / (step + pipeline CPU), its ceiling"),
     ("loss_overhead", "(YoloLoss step - MSE step) / YoloLoss step"),
     ("forward_ips", "compiled forward on cached batches, images/s"),
     ("eval_ips", "evaluate as training does (cached images), images/s"),

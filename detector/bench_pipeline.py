@@ -1,6 +1,9 @@
-"""The input pipeline's CPU cost on real JPEGs, for `detector.bench`: ``pipeline_ms_per_image``
-(CPU time per training example), the plain JPEG decode of the same files (the floor) and
-the throughput with one and with two parallel calls (``pipeline_scaling``)."""
+"""The input pipeline's CPU cost, for `detector.bench`: on the config's data alone (images/s
+and CPU time per image, beside the train step's CPU time per image: on a machine without
+an accelerator both share the cores, which bounds ``pipeline_ratio``); and on real JPEGs:
+``pipeline_ms_per_image`` (CPU time per training example), the plain JPEG decode of the
+same files (the floor) and the throughput with one and with two parallel calls
+(``pipeline_scaling``)."""
 
 import os
 import time
@@ -12,6 +15,30 @@ COCO128 = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "coco128",
     "dataset.yaml",
 )  # fmt: skip
+
+
+def pipeline_alone(pipeline, batch: int, batches: int) -> dict:
+    """The training `pipeline` alone in its steady state, `batches` batches of `batch`:
+    images/s and process CPU milliseconds per image (every thread of the process)."""
+    it = iter(pipeline)
+    next(it)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        next(it)
+    wall, cpu, images = time.perf_counter() - wall, time.process_time() - cpu, batches * batch
+    return {"pipeline_ips": images / wall, "pipeline_cpu_ms": 1000 * cpu / images}
+
+
+def step_cpu_ms(model, data, batch: int, steps: int) -> float:
+    """Process CPU milliseconds per image of `model`'s train step on one cached batch
+    `data` (after a tracing call)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensors(data).repeat()
+    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)
+    cpu = time.process_time()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return 1000 * (time.process_time() - cpu) / (steps * batch)
 
 
 def pipeline_cpu_timings(cfg, fallback, quick: bool) -> dict:

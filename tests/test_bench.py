@@ -48,6 +48,10 @@ def test_ratios_from_given_timings():
     assert r["loss_overhead"] == pytest.approx(0.1)
     assert r["eval_vs_forward"] == pytest.approx(0.8)
     assert r["callback_share"] == pytest.approx(0.1)
+    assert "pipeline_ratio_bound" not in r  # needs the CPU times and no accelerator
+    cpu = {"accelerators": 0, "step_cpu_ms": 30.0, "pipeline_cpu_ms": 2.0}
+    assert ratios({**timings, **cpu})["pipeline_ratio_bound"] == pytest.approx(30 / 32)
+    assert "pipeline_ratio_bound" not in ratios({**timings, **cpu, "accelerators": 1})
     table = format_table(r)
     assert "pipeline_ratio" in table and "met" in table
     assert set(TARGETS) <= set(r)
