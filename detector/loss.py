@@ -196,9 +196,12 @@ class YoloLoss(keras.layers.Layer):
         obj = self.object_scale * has_obj * obj_err
         noobj = self.noobject_scale * no_obj * noobj_err
 
-        labels = ops.one_hot(ops.cast(y_true[..., 5], "int32"), self.num_classes)
-        log_probs = ops.log_softmax(raw[..., 5:], axis=-1)
-        cls = -self.class_scale * has_obj * ops.sum(labels * log_probs, axis=-1)
+        if self.num_classes > 1:  # one class: log-softmax is 0 (and Keras warns about it)
+            labels = ops.one_hot(ops.cast(y_true[..., 5], "int32"), self.num_classes)
+            log_probs = ops.log_softmax(raw[..., 5:], axis=-1)
+            cls = -self.class_scale * has_obj * ops.sum(labels * log_probs, axis=-1)
+        else:
+            cls = ops.zeros_like(has_obj)
 
         if in_warmup is None:
             in_warmup = ops.cast(self.seen < self.warmup_images, "float32")

@@ -30,9 +30,17 @@ def decode(raw, anchors):
     cxcywh = decode_raw(raw, anchors)
     xy, wh = cxcywh[..., 0:2], cxcywh[..., 2:4]
     boxes = ops.concatenate([xy - wh / 2, xy + wh / 2], axis=-1)
-    scores = ops.sigmoid(raw[..., 4:5]) * ops.softmax(raw[..., 5:], axis=-1)
+    scores = ops.sigmoid(raw[..., 4:5]) * class_probabilities(raw[..., 5:])
     batch = shape[0]
     return ops.reshape(boxes, (batch, -1, 4)), ops.reshape(scores, (batch, -1, shape[4] - 5))
+
+
+def class_probabilities(logits):
+    """softmax over the class axis; with one class, ones without calling softmax (which
+    would be 1 anyway, and which Keras warns about on every single-class model)."""
+    if logits.shape[-1] == 1:
+        return ops.ones_like(logits)
+    return ops.softmax(logits, axis=-1)
 
 
 def nms(boxes, scores, score_threshold=0.005, iou_threshold=0.45, max_detections=100):

@@ -41,6 +41,27 @@ def test_decode_hand_computed_boxes_scores_and_order():
     np.testing.assert_allclose(np.delete(scores[0], index, axis=0), 0.0, atol=1e-12)
 
 
+def test_single_class_scores_are_the_objectness_without_a_softmax_warning():
+    """One class: the class share is 1, the score sigmoid(objectness), and Keras' warning
+    about a softmax over an axis of size 1 (printed on every single-class run) is not
+    triggered, in the decoder or in the loss (whose class term is 0)."""
+    import warnings
+
+    from detector.loss import YoloLoss
+
+    raw = np.random.default_rng(0).normal(0, 2, (2, 3, 3, 2, 6)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, scores = numpy(decode(tf.constant(raw), ANCHORS))
+        y_true = np.zeros((2, 3, 3, 2, 6), np.float32)
+        y_true[0, 1, 1, 0] = [0.5, 0.5, 0.3, 0.3, 1.0, 0.0]
+        terms = YoloLoss(ANCHORS, 1).loss_terms(raw, y_true, np.zeros((2, 4, 4), np.float32))
+    np.testing.assert_allclose(
+        scores[..., 0], 1 / (1 + np.exp(-raw[..., 4].reshape(2, -1))), rtol=1e-6
+    )
+    assert float(ops.max(terms["cls"])) == 0.0 and float(ops.max(terms["coord"])) > 0
+
+
 def test_nms_overlapping_same_class_keeps_the_higher_score():
     raw = raw_grid([((0, 1, 0, 0), 0.6, 0), ((0, 1, 0, 1), 0.9, 0)])
     boxes, scores, classes, valid = numpy(nms(*decode(raw, ANCHORS)))
