@@ -17,7 +17,8 @@ from detector.callbacks import MetricsCSV, NonFiniteGuard
 from detector.checkpoints import BestCocoAP, EvalCopy, SaveLast
 from detector.config import Config, DataConfig, EvalConfig, LossConfig, ModelConfig, TrainConfig
 from detector.data.augment import build_augmenter
-from detector.data.pipeline import CloseMosaic, MosaicSwitch, TrainInput, make_train_dataset
+from detector.data.mosaic import CloseMosaic, MosaicSwitch
+from detector.data.pipeline import TrainInput, make_train_dataset
 from detector.data.records import Dataset
 from detector.devices import resolve_jit_compile
 from detector.distribute import ChiefOnly, Cluster, SyncStop
@@ -346,7 +347,9 @@ def make_callbacks(
     )
     out = RunCallbacks([NonFiniteGuard(), LearningRateCallback(schedule), budget], budget)
     if 0 < train.close_mosaic < 1 and train.max_minutes > 0:
-        out.callbacks.append(CloseMosaic(plan.mosaic_switch, budget, train.close_mosaic))
+        out.callbacks.append(
+            CloseMosaic(plan.mosaic_switch, budget, train.close_mosaic, train.epochs)
+        )
     if cluster.is_chief:
         out.best, chief = _chief_callbacks(cfg, plan, inference, val, coco_gt)
         if cluster.multi_worker:

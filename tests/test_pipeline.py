@@ -7,7 +7,8 @@ import pytest
 from test_mosaic import augmenter, coloured_records
 
 from detector.data.augment import prepare_example
-from detector.data.pipeline import MosaicSwitch, TrainInput, make_train_dataset
+from detector.data.mosaic import MosaicSwitch
+from detector.data.pipeline import TrainInput, make_train_dataset
 
 ANCHORS = [[1.0, 1.0], [2.0, 2.0]]
 COLOUR = {"hue": 0.1, "saturation": 1.5, "exposure": 1.5}  # colour jitter on
@@ -101,7 +102,7 @@ def test_close_mosaic_position_from_the_config(close, minutes, until):
 
 
 def test_close_mosaic_callback_closes_at_the_budget_share():
-    from detector.data.pipeline import CloseMosaic
+    from detector.data.mosaic import CloseMosaic
 
     class Budget:
         share = 0.0
@@ -114,6 +115,12 @@ def test_close_mosaic_callback_closes_at_the_budget_share():
     for share, closed in [(0.0, False), (0.74, False), (0.75, True), (0.1, True)]:
         budget.share = share
         callback.on_train_batch_end(0)
+        assert switch.closed == closed
+    # the epochs end the run first: closed at the same share of them
+    budget.share, switch = 0.0, MosaicSwitch()
+    callback = CloseMosaic(switch, budget, 0.25, epochs=20)
+    for epoch, closed in [(0, False), (14, False), (15, True)]:
+        callback.on_epoch_begin(epoch)
         assert switch.closed == closed
 
 

@@ -6,18 +6,16 @@ Both read any `Records`: a record list opens each image at its path; packed reco
 
 import math
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
-import keras
 import numpy as np
 import tensorflow as tf
 
 from detector.data.augment import FILL, Augmenter, prepare_example, resize
 from detector.data.files import decode_image, decode_reduced, read_image
-from detector.data.mosaic import ExampleMaker, reduce_factor, shrink
+from detector.data.mosaic import ExampleMaker, MosaicSwitch, reduce_factor, shrink
 from detector.data.records import Record, Records
 from detector.data.tfrecord import make_packed_stream, parse_example
 from detector.grid import STRIDE
@@ -87,43 +85,7 @@ class TrainInput:
     mosaic: float = 0.0
     mixup: float = 0.0
     mosaic_until: int | None = None
-    mosaic_switch: "MosaicSwitch | None" = None
-
-
-class MosaicSwitch:
-    """Whether mosaic and mixup are closed: set by the training loop (`CloseMosaic`), read
-    by the loading threads (a ``threading.Event``: safe across threads)."""
-
-    def __init__(self):
-        self._closed = threading.Event()
-
-    def close(self) -> None:
-        self._closed.set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
-
-class CloseMosaic(keras.callbacks.Callback):
-    """Closes `switch` once `budget` (a ``TimeBudget``) has spent ``1 - fraction`` of
-    itself, checked after every batch; batches already prefetched keep their mosaics.
-
-    Args:
-        switch: MosaicSwitch. budget: TimeBudget (its agreed share on multi-worker runs).
-        fraction: float in (0, 1). The last share of the budget without mosaic.
-    """
-
-    def __init__(self, switch: MosaicSwitch, budget, fraction: float):
-        super().__init__()
-        self.switch, self.budget, self.fraction = switch, budget, fraction
-
-    def on_train_begin(self, logs=None):
-        self.on_train_batch_end(0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.budget.shared_fraction() >= 1.0 - self.fraction:
-            self.switch.close()
+    mosaic_switch: MosaicSwitch | None = None
 
 
 def make_train_dataset(
