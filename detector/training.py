@@ -14,7 +14,7 @@ import yaml
 from detector import build
 from detector.build import RunPlan
 from detector.callbacks import NonFiniteLoss
-from detector.config import Config, EvalConfig, config_to_dict, save_config
+from detector.config import Config, DataConfig, EvalConfig, config_to_dict, save_config
 from detector.data.coco import ground_truth
 from detector.data.image_checks import MAX_PIXELS
 from detector.data.records import Dataset
@@ -83,7 +83,7 @@ def _run(
         inference = build.make_model(cfg, train, plan.anchors, init_weights=not plan.done)
         schedule = build.make_schedule(cfg.train, lr=plan.lr, steps=plan.steps)
         model = build.make_training_model(cfg, inference, schedule)
-    dataset = build.make_datasets(build.make_train_input(cfg, train, plan), cluster)
+    dataset = build.make_datasets(build.make_train_input(plan.config, train, plan), cluster)
     callbacks = build.make_callbacks(
         cfg,
         plan=plan,
@@ -178,6 +178,7 @@ def prepare_run(
     resolved = dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, anchors=anchors, num_anchors=len(anchors)),
+        data=_without_mosaic_if_packed(d, train),
         train=dataclasses.replace(t, run_dir=run_dir),
     )
     done = meta["epoch"] if meta else 0
@@ -248,6 +249,19 @@ def announce(plan: RunPlan, cluster: Cluster, num_train: int, num_val: int) -> N
             f"distribute: {cluster.kind}, {n} replicas on {cluster.num_workers} worker(s); "
             f"global batch {batch} = {n} x {batch // n}; lr {plan.lr:g}"
         )
+
+
+def _without_mosaic_if_packed(data: DataConfig, train: Dataset) -> DataConfig:
+    """`data`, or with mosaic and mixup off (printed; config.yaml records it) when the
+    training records are packed shards, which give one example at a time."""
+    if not getattr(train.records, "packed", False) or not (data.mosaic or data.mixup):
+        return data
+    print(
+        f"data.mosaic / data.mixup ({data.mosaic:g} / {data.mixup:g}): not available with "
+        "packed records; this run trains without them (train from the dataset spec's "
+        "record list to use them)"
+    )
+    return dataclasses.replace(data, mosaic=0.0, mixup=0.0)
 
 
 def _check_workers_agree(cluster: Cluster, cfg: Config, images: int, done: int, run_dir: str):
