@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from detector.bench_pipeline import pipeline_alone, pipeline_cpu_timings, step_cpu_ms
+from detector.bench_pipeline import pipeline_alone, pipeline_cpu_timings
 
 TARGETS = {
     "pipeline_ratio": (">=", 0.95),
@@ -129,15 +129,10 @@ def _train_model(cfg, anchors, num_classes, variant, width, max_boxes, loss="yol
     return inference, model
 
 
-def _fit_seconds_per_step(model, data, steps: int) -> float:
-    """Seconds per train step on one cached batch (after a tracing call)."""
-    return _interleaved_step_seconds([(model, data)], steps, rounds=1)[0]
-
-
-def _interleaved_step_seconds(jobs, steps: int, rounds: int = 3) -> list[float]:
-    """Seconds per train step of each (model, batch) job, measured in alternation,
-    `rounds` times, keeping each job's fastest round: on a shared machine the slow
-    rounds are the ones something else ran in."""
+def _interleaved_step_times(jobs, steps: int, rounds: int = 3) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) per train step of each (model, batch) job,
+    measured in alternation, `rounds` times, keeping each job's fastest round: on a
+    shared machine the slow rounds are the ones something else ran in."""
     import tensorflow as tf
 
     sets = [
@@ -146,12 +141,13 @@ def _interleaved_step_seconds(jobs, steps: int, rounds: int = 3) -> list[float]:
     ]
     for (model, _), ds in zip(jobs, sets, strict=True):
         model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace
-    best = [math.inf] * len(jobs)
+    best = [(math.inf, math.inf)] * len(jobs)
     for _ in range(rounds):
         for i, ((model, _), ds) in enumerate(zip(jobs, sets, strict=True)):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-            best[i] = min(best[i], (time.perf_counter() - start) / steps)
+            took = ((time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps)
+            best[i] = min(best[i], took)
     return best
 
 
@@ -218,11 +214,13 @@ def _step_timings(cfg, anchors, classes: int, model, pipeline, quick: bool) -> d
     raw_target = np.zeros(plain.compute_output_shape((batch, size, size, 3)), np.float32)
     jobs = [(model, first), (plain, (first[0][0], raw_target)), (model, pipeline)]
     steps = 5 if quick else 30
-    yolo_s, mse_s, fit_s = _interleaved_step_seconds(jobs, steps, rounds=2 if quick else 4)
+    (yolo_s, yolo_cpu), (mse_s, _), (fit_s, _) = _interleaved_step_times(
+        jobs, steps, rounds=2 if quick else 4
+    )
     t = {"step_seconds_yolo": yolo_s, "step_seconds_mse": mse_s}
     t["step_ips"] = batch / yolo_s
     t["fit_ips"] = batch / fit_s
-    t["step_cpu_ms"] = step_cpu_ms(model, first, batch, steps)
+    t["step_cpu_ms"] = 1000 * yolo_cpu / batch  # of the fastest round
     # the input pipeline alone, in its steady state (the fits above filled any image cache)
     t.update(pipeline_alone(pipeline, batch, 5 if quick else 40))
     return t
@@ -320,7 +318,7 @@ def _full_model_timings(classes: int, anchors, quick: bool) -> dict:
     full.compile(optimizer="sgd", loss="mse")
     x = tf.random.uniform((full_batch, full_size, full_size, 3), 0, 255)
     y = np.zeros(full.compute_output_shape((full_batch, full_size, full_size, 3)), np.float32)
-    seconds = _fit_seconds_per_step(full, (x, y), 2 if quick else 4)
+    seconds = _interleaved_step_times([(full, (x, y))], 2 if quick else 4, rounds=1)[0][0]
     return {
         "full_step_ips": full_batch / seconds,
         "full_train_flops_per_image": 3 * conv_flops(full, full_size),

@@ -29,18 +29,6 @@ def pipeline_alone(pipeline, batch: int, batches: int) -> dict:
     return {"pipeline_ips": images / wall, "pipeline_cpu_ms": 1000 * cpu / images}
 
 
-def step_cpu_ms(model, data, batch: int, steps: int) -> float:
-    """Process CPU milliseconds per image of `model`'s train step on one cached batch
-    `data` (after a tracing call)."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensors(data).repeat()
-    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)
-    cpu = time.process_time()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    return 1000 * (time.process_time() - cpu) / (steps * batch)
-
-
 def pipeline_cpu_timings(cfg, fallback, quick: bool) -> dict:
     """The training pipeline on real JPEGs (coco128 at 416 px when present, else
     `fallback` records at the config's size): CPU time per image with one parallel call,

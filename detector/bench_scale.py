@@ -37,7 +37,7 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
     import keras
     import tensorflow as tf
 
-    from detector.bench import _interleaved_step_seconds, _train_model
+    from detector.bench import _interleaved_step_times, _train_model
     from detector.devices import resolve_precision
 
     precision = resolve_precision(cfg.train.precision)[0]
@@ -64,7 +64,7 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
     one = model_under(tf.distribute.get_strategy())
     two = model_under(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     ds = tf.data.Dataset.from_tensors(data).repeat()
-    seconds = _interleaved_step_seconds([(one, ds), (two, ds)], steps, rounds)
+    seconds = [wall for wall, _ in _interleaved_step_times([(one, ds), (two, ds)], steps, rounds)]
     return {
         "config": {
             "variant": cfg.model.variant,

@@ -254,7 +254,7 @@ def announce(plan: RunPlan, cluster: Cluster, num_train: int, num_val: int) -> N
 def _without_mosaic_if_packed(data: DataConfig, train: Dataset) -> DataConfig:
     """`data`, or with mosaic and mixup off (printed; config.yaml records it) when the
     training records are packed shards, which give one example at a time."""
-    if not getattr(train.records, "packed", False) or not (data.mosaic or data.mixup):
+    if not train.records.packed or not (data.mosaic or data.mixup):
         return data
     print(
         f"data.mosaic / data.mixup ({data.mosaic:g} / {data.mixup:g}): not available with "
