@@ -8,7 +8,7 @@ or, for a file that cannot be read, the reason, so that one bad file never ends 
 
 import glob
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +36,8 @@ class Frame:
             webcam).
         error: str or None. Why it could not be read.
         video: bool. A frame of a video or webcam. Defaults to False.
+        label_name: str or None. Its label file's name without ".txt" when the name
+            without extension would be another image's too ("a.jpg" beside "a.png").
     """
 
     name: str
@@ -44,11 +46,14 @@ class Frame:
     path: str | None
     error: str | None = None
     video: bool = False
+    label_name: str | None = None
 
     @property
     def stem(self) -> str:
         """The name without extension, a video frame's with its number ("clip_12"): the
-        name of its label file."""
+        name of its label file unless `label_name` says otherwise."""
+        if self.label_name is not None:
+            return self.label_name
         stem = os.path.splitext(self.name)[0]
         return f"{stem}_{self.index}" if self.video else stem
 
@@ -139,12 +144,21 @@ def image_source(kind: str, source: str, paths: list[str], names: list[str]) -> 
     return Source(kind, read_frames(paths, names), total=len(paths))
 
 
+def label_names(names: list[str]) -> list[str | None]:
+    """Each image's label name when its name without extension is shared ("a.jpg" and
+    "a.png" get "a.jpg" and "a.png", so neither label file overwrites the other), else
+    None (the stem: "a")."""
+    stems = Counter(os.path.splitext(name)[0] for name in names)
+    return [name if stems[os.path.splitext(name)[0]] > 1 else None for name in names]
+
+
 def read_frames(paths: list[str], names: list[str]) -> Iterator[Frame]:
     """Frames of image files in order, decoded by `READERS` threads a few files ahead."""
+    labels = label_names(names)
     with ThreadPoolExecutor(READERS) as pool:
         pending = deque()
-        for index, (path, name) in enumerate(zip(paths, names, strict=True), start=1):
-            pending.append((name, index, path, pool.submit(_read, path)))
+        for index, (path, name, label) in enumerate(zip(paths, names, labels, strict=True), 1):
+            pending.append((name, index, path, label, pool.submit(_read, path)))
             if len(pending) > 2 * READERS:
                 yield _frame(*pending.popleft())
         while pending:
@@ -158,9 +172,9 @@ def _read(path: str) -> tuple[np.ndarray | None, str | None]:
         return None, "cannot read image (missing, unreadable or not an image)"
 
 
-def _frame(name: str, index: int, path: str, future) -> Frame:
+def _frame(name: str, index: int, path: str, label: str | None, future) -> Frame:
     image, error = future.result()
-    return Frame(name, index, image, path, error)
+    return Frame(name, index, image, path, error, label_name=label)
 
 
 def video_source(path: str) -> Source:

@@ -127,3 +127,14 @@ def test_arrays_are_rgb_unless_bgr_and_batches_split(tmp_path):
         next(as_inputs(np.zeros((4, 6, 4), np.uint8)))
     with pytest.raises(ValueError, match="missing.png"):
         next(as_inputs(str(tmp_path / "missing.png")))
+
+
+def test_images_sharing_a_name_without_extension_get_label_files_apart(tmp_path):
+    """a.jpg and a.png beside each other would both write labels/a.txt: each keeps its
+    extension in its label name instead; lone names keep the stem."""
+    for name in ("a.jpg", "a.png", "b.jpg", "sub/a.png"):
+        write_image(tmp_path / name)
+    frames = list(open_source(str(tmp_path)))
+    stems = {f.name: f.stem for f in frames}
+    assert stems == {"a.jpg": "a.jpg", "a.png": "a.png", "b.jpg": "b", "sub/a.png": "sub/a"}
+    assert len(set(stems.values())) == len(frames)
