@@ -44,6 +44,8 @@ class RunPlan:
         resume: bool. Whether the state is restored from ``RUN_DIR/state``.
         done: int. Epochs completed before this session. Defaults to 0.
         best_ap: float. Best AP so far (-1: none). Defaults to -1.
+        stale: int. Evaluations since that best (``train.patience`` counts on from it
+            after a resume). Defaults to 0.
         spent: float. Seconds spent by earlier sessions. Defaults to 0.
         mosaic_switch: MosaicSwitch. Shared by the training input (reads it) and the
             callbacks (`CloseMosaic` closes it with ``train.close_mosaic`` < 1).
@@ -58,6 +60,7 @@ class RunPlan:
     resume: bool = False
     done: int = 0
     best_ap: float = -1.0
+    stale: int = 0
     spent: float = 0.0
     mosaic_switch: MosaicSwitch = dataclasses.field(
         default_factory=MosaicSwitch, compare=False, repr=False
@@ -302,8 +305,10 @@ class RunCallbacks:
         return bool(self.chief_only and self.chief_only.error)
 
     def state_extras(self) -> dict:
-        """What `RunState` saves beside the weights: the best AP and the time spent."""
-        return {"best_ap": self.best.best_ap if self.best else -1.0, "seconds": self.budget.spent()}
+        """What `RunState` saves beside the weights: the best AP, the evaluations since it
+        and the time spent."""
+        best, stale = (self.best.best_ap, self.best.stale) if self.best else (-1.0, 0)
+        return {"best_ap": best, "stale": stale, "seconds": self.budget.spent()}
 
 
 def make_callbacks(
@@ -385,6 +390,7 @@ def _chief_callbacks(cfg: Config, plan: RunPlan, inference, val, coco_gt):
         run_dir,
         cfg.eval.is_eval_epoch,
         best_ap=plan.best_ap,
+        stale=plan.stale,
         patience=cfg.train.patience,
         image_dir=os.path.join(run_dir, "tensorboard", "images"),
         background=cfg.eval.async_,

@@ -111,6 +111,8 @@ class BestCocoAP(keras.callbacks.Callback):
         is_eval_epoch: callable(int) -> bool. Whether a 1-based epoch is evaluated
             (``EvalConfig.is_eval_epoch``); the last epoch always is.
         best_ap: float. Best AP so far (a resumed run passes its own). Defaults to -1.
+        stale: int. Evaluations since that best (a resumed run passes its own). Defaults
+            to 0.
         patience: int. Stop training after this many evaluations without a better AP
             (0 = never). Defaults to 0.
         image_dir: str or None. TensorBoard log folder for a few validation images with
@@ -132,6 +134,7 @@ class BestCocoAP(keras.callbacks.Callback):
         is_eval_epoch,
         *,
         best_ap: float = -1.0,
+        stale: int = 0,
         patience: int = 0,
         image_dir: str | None = None,
         batch_size: int = 16,
@@ -147,7 +150,7 @@ class BestCocoAP(keras.callbacks.Callback):
         self.is_eval_epoch = is_eval_epoch
         self.best_ap = best_ap
         self.patience = patience
-        self.stale = 0
+        self.stale = stale
         self.early_stopped = False
         self.batch_size = batch_size
         self.predict_kwargs = predict_kwargs

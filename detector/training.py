@@ -196,7 +196,7 @@ def prepare_run(
         lr=t.lr * (cluster.num_replicas if t.scale_lr else 1),
         resume=resume,
         done=done,
-        best_ap=best_ap_so_far(run_dir, meta, resume) if cluster.is_chief else -1.0,
+        **(best_so_far(run_dir, meta, resume) if cluster.is_chief else {}),
         spent=meta.get("seconds", 0.0) if meta else 0.0,
     )
 
@@ -218,15 +218,19 @@ def new_run_dir(path: str, cluster: Cluster, locks: contextlib.ExitStack) -> str
     return path
 
 
-def best_ap_so_far(run_dir: str, meta: dict | None, resume: bool) -> float:
-    """The best AP of a resumed run: its state's, or best.json's when a best was saved
-    after the last state (-1 for a new run)."""
+def best_so_far(run_dir: str, meta: dict | None, resume: bool) -> dict:
+    """A resumed run's ``best_ap`` and ``stale`` (evaluations since it, for
+    ``train.patience``): its state's, or best.json's AP and 0 when a best was saved after
+    the last state. A new run: {"best_ap": -1.0, "stale": 0}."""
     best_ap = meta.get("best_ap", -1.0) if meta else -1.0
+    stale = int(meta.get("stale", 0)) if meta else 0
     best_json = os.path.join(run_dir, "best.json")
     if resume and os.path.isfile(best_json):
         with open(best_json) as f:
-            best_ap = max(best_ap, json.load(f).get("AP", -1.0))
-    return best_ap
+            saved = json.load(f).get("AP", -1.0)
+        if saved > best_ap:
+            best_ap, stale = saved, 0
+    return {"best_ap": best_ap, "stale": stale}
 
 
 def announce(plan: RunPlan, cluster: Cluster, num_train: int, num_val: int) -> None:

@@ -3,6 +3,8 @@ checked without training."""
 
 import contextlib
 import dataclasses
+import json
+import types
 
 import keras
 import pytest
@@ -14,9 +16,10 @@ from detector.checkpoints import BestCocoAP, SaveLast
 from detector.config import load_config
 from detector.data.spec import load_dataset
 from detector.distribute import ChiefOnly, Cluster, SyncStop
+from detector.evaluation import STAT_NAMES
 from detector.schedule import LearningRateCallback, TimeBudget
 from detector.state import RunState
-from detector.training import prepare_run
+from detector.training import best_so_far, prepare_run
 
 CLUSTERS = {
     "single": Cluster("none", None),
@@ -47,6 +50,7 @@ def callbacks_for(kind, tmp_path, overrides=(), resume=False):
         lr=0.01,
         resume=resume,
         best_ap=0.25,
+        stale=2,
     )
     # The evaluation copy is built lazily, so no model or data is needed to wire the list.
     out = make_callbacks(
@@ -93,6 +97,7 @@ def test_worker_state_extras_and_chief_failure(tmp_path):
     assert not out.chief_failed()
     chief, _ = callbacks_for("chief", tmp_path)
     assert chief.state_extras()["best_ap"] == 0.25
+    assert chief.state_extras()["stale"] == 2  # train.patience counts on after a resume
     chief.chief_only.error = RuntimeError("boom")
     assert chief.chief_failed()
 
@@ -134,3 +139,31 @@ def test_prepare_run_leaves_the_config_alone(tiny_spec, tmp_path):
     saved = yaml.safe_load((tmp_path / "r-2" / "config.yaml").read_text())
     assert saved["model"]["anchors"] == plan.anchors
     assert saved["train"]["run_dir"] == plan.run_dir
+
+
+def test_patience_counts_on_from_the_resumed_stale_evaluations(tmp_path):
+    """A run resumed 2 evaluations after its best, with patience 3, stops at the next
+    evaluation without a better AP (not 3 evaluations later)."""
+    out, _ = callbacks_for("single", tmp_path, ["train.patience=3"])
+    best = out.best
+    best.set_model(types.SimpleNamespace(stop_training=False))
+    assert best.stale == 2
+    best._judge(5, dict.fromkeys(STAT_NAMES, 0.1), improved=False)
+    assert best.model.stop_training and best.stale == 3
+
+
+@pytest.mark.parametrize(
+    "meta, best_json, expected",
+    [
+        (None, None, {"best_ap": -1.0, "stale": 0}),
+        ({"best_ap": 0.3, "stale": 4}, None, {"best_ap": 0.3, "stale": 4}),
+        ({"best_ap": 0.3, "stale": 4}, 0.2, {"best_ap": 0.3, "stale": 4}),
+        # a best saved after the last state: its AP, and no evaluation since
+        ({"best_ap": 0.3, "stale": 4}, 0.35, {"best_ap": 0.35, "stale": 0}),
+        ({"best_ap": 0.3}, None, {"best_ap": 0.3, "stale": 0}),  # a state from before
+    ],
+)
+def test_best_so_far_of_a_resumed_run(tmp_path, meta, best_json, expected):
+    if best_json is not None:
+        (tmp_path / "best.json").write_text(json.dumps({"AP": best_json}))
+    assert best_so_far(str(tmp_path), meta, resume=meta is not None) == expected
