@@ -216,6 +216,18 @@ class BestCocoAP(keras.callbacks.Callback):
         print(f"\nepoch {epoch + 1}: AP {metrics['AP']:.4f} (evaluated in the background)")
         self._judge(epoch, metrics, improved)
 
+    def land_pending(self) -> None:
+        """After training ended by an exception (Ctrl-C, a data error): waits for the
+        evaluation in flight and hands its epoch's row to the loggers, so an interrupted
+        ``eval.async`` run loses no evaluated epoch (its best checkpoint, its row of
+        metrics.csv). A second Ctrl-C skips the wait; an error of the evaluation itself
+        propagates (the caller keeps the first one)."""
+        if self.pending is not None:
+            print(f"\nlanding epoch {self.pending[0] + 1}'s evaluation (Ctrl-C again to skip)")
+            self.collect()
+        if self.late_logs is not None:
+            self.late_logs.flush()
+
     def _evaluate_snapshot(self, epoch: int, weights: list[np.ndarray]) -> tuple[dict, bool]:
         """The worker's job: the snapshot's metrics, and whether it was saved as best."""
         model = self.spare.model

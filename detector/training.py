@@ -303,7 +303,11 @@ def fit(model, dataset, epochs: int, plan: RunPlan, callbacks: build.RunCallback
             verbose=verbose,
         )
     except NonFiniteLoss as error:
+        _land_evaluation(callbacks)
         raise TrainingStopped(str(error)) from None
+    except BaseException:
+        _land_evaluation(callbacks)
+        raise
     if callbacks.chief_only is not None and callbacks.chief_only.error is not None:
         raise callbacks.chief_only.error
     if callbacks.sync_stop is not None and callbacks.sync_stop.aborted:
@@ -311,6 +315,15 @@ def fit(model, dataset, epochs: int, plan: RunPlan, callbacks: build.RunCallback
             "the chief failed during training (see its output); every worker "
             "stopped at the end of the epoch"
         )
+
+
+def _land_evaluation(callbacks: build.RunCallbacks) -> None:
+    """On the way out of a failed ``fit``: the evaluation in flight (``eval.async``) is
+    landed (`BestCocoAP.land_pending`); its own failure is not the run's first error."""
+    if callbacks.best is None:
+        return
+    with contextlib.suppress(Exception):
+        callbacks.best.land_pending()
 
 
 def _finished(plan: RunPlan, val: Dataset, e: EvalConfig, cluster: Cluster) -> dict:

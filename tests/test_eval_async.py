@@ -149,3 +149,27 @@ def test_async_and_sync_give_the_same_aps_and_best_epoch(tiny_spec, tmp_path):
     assert len({ap for _, ap in sync_rows.rows}) > 1 and sync.best_ap > 0
     best = [json.loads((d / "best.json").read_text()) for d in dirs]
     assert best[0] == best[1] and background.best_ap == sync.best_ap
+
+
+def test_an_interrupted_run_lands_the_evaluation_in_flight(tiny_spec, tmp_path):
+    """Ctrl-C during the epoch after an evaluated one: training.fit waits for that
+    evaluation on the way out, so its row reaches the loggers and its best is saved."""
+    import types
+
+    from detector.build import RunCallbacks
+    from detector.training import fit
+
+    callback, model, rows = background_callback(tiny_spec, tmp_path)
+    callback._metrics = scripted([0.3])
+    end_epoch(callback, 0)  # evaluated in the background, nothing logged yet
+    assert rows.rows == [] and callback.pending is not None
+
+    class Interrupted:
+        def fit(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    out = RunCallbacks(callbacks=[], budget=None, best=callback)
+    with pytest.raises(KeyboardInterrupt):
+        fit(Interrupted(), None, 4, types.SimpleNamespace(steps=1), out)
+    assert rows.rows == [(0, 0.3)] and callback.pending is None
+    assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 1
