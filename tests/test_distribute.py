@@ -226,7 +226,8 @@ def _workers(args: list[str], log_dir: Path, tag: str) -> list[subprocess.Popen]
             "cluster": {"worker": [f"localhost:{p}" for p in ports]},
             "task": {"type": "worker", "index": index},
         }
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CI": "1"}
+        # TMPDIR: a worker's scratch folder lands in the test's folder, also when killed
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CI": "1", "TMPDIR": str(log_dir)}
         log = open(log_dir / f"{tag}-worker{index}.log", "w")
         procs.append(
             subprocess.Popen(
@@ -288,6 +289,8 @@ def test_two_workers_write_only_the_chief_run_dir_and_resume_after_a_kill(one_st
         assert proc.wait(timeout=300) == 0, (
             _log(logs, "second", 0)[-3000:] + _log(logs, "second", 1)[-3000:]
         )
+    # worker 1's scratch folder: the killed session's stays, the finished one's is removed
+    assert len(list(logs.glob("detector-worker1-*"))) == 1
     for index in range(2):
         text = _log(logs, "second", index)
         assert f"resuming {run_dir} after epoch {done}" in text, text[-2000:]
