@@ -311,8 +311,21 @@ def _build(tree: dict[str, dict[str, Any]]) -> Config:
     for key in _HINTS:
         section, name = key.split(".")
         check_value(key, getattr(getattr(cfg, section), _field_name(name)))
+    _check_together(cfg)
     _resolve_anchors(cfg.model)
     return cfg
+
+
+def _check_together(cfg: Config) -> None:
+    """Rules between keys: multi-scale training must include the size evaluation and
+    prediction use (``model.input_size``), else the network is scored at a size it never
+    trained at (`--set model.input_size=416` over a config with multi-scale 256..384)."""
+    sizes, size = cfg.data.multiscale, cfg.model.input_size
+    if sizes and not sizes[0] <= size <= sizes[1]:
+        raise ValueError(
+            f"'data.multiscale': {sizes} must include model.input_size {size} (the size "
+            f"evaluation uses): set data.multiscale=[min, max] around it, or [] for one size"
+        )
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

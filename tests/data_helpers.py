@@ -191,4 +191,9 @@ def set_flags(*overrides: str) -> list[str]:
 
 
 # A model small enough to train an epoch in seconds (the tests' runs).
-TINY_MODEL = ("model.variant=tiny", "model.width=0.125", "model.input_size=64")
+TINY_MODEL = (
+    "model.variant=tiny",
+    "model.width=0.125",
+    "model.input_size=64",
+    "data.multiscale=[]",  # configs/default.yaml trains at 256..384
+)

@@ -159,6 +159,7 @@ def test_list_elements_and_unions_are_type_checked() -> None:
         ("data.multiscale=[320]", "'data.multiscale'"),
         ("data.multiscale=[320, 600]", "'data.multiscale'"),
         ("data.multiscale=[608, 320]", "'data.multiscale'"),
+        ("data.multiscale=[448, 608]", "must include model.input_size 416"),
     ],
 )
 def test_invalid_values_rejected(override: str, message: str) -> None:

@@ -38,6 +38,7 @@ def trained_run(tiny_spec, tmp_path_factory):
             "model.variant=tiny",
             "model.width=0.25",
             "model.input_size=64",
+            "data.multiscale=[]",
             "data.batch_size=8",
             "train.max_minutes=0",
             "model.num_anchors=3",

@@ -26,6 +26,7 @@ TINY = [
     "model.variant=tiny",
     "model.width=0.125",
     "model.input_size=64",
+    "data.multiscale=[]",
     "data.batch_size=8",
     "model.num_anchors=2",
     "train.max_minutes=0",
