@@ -2,10 +2,10 @@
 
 Outputs, all under one folder: the images with their detections drawn (a video's frames
 as an mp4 of the same name), ``labels/<stem>.txt`` in YOLO format (``class cx cy w h
-conf``, normalised to the image; a video frame's stem carries its number, images whose names
-differ only in extension keep it), and
-``predictions.json``, COCO results with the checkpoint's category ids and, when a dataset
-is given, its image ids matched by file name (else each entry carries ``file_name``).
+conf``, normalised to the image; a video frame's stem carries its number; images whose
+names differ only in extension keep it), and ``predictions.json``, COCO results with the
+checkpoint's category ids and, when a dataset is given, its image ids matched by file
+name (else each entry carries ``file_name``).
 """
 
 import itertools
