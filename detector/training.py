@@ -73,8 +73,9 @@ def _run(
         train, val = splits or read_splits(cfg.data.spec, cfg.data.max_pixels)
         plan = prepare_run(cfg, resume, cluster, train, locks=locks)
         coco_gt = ground_truth(val) if cluster.is_chief else None  # before any collective
+    cfg = plan.config  # resolved: anchors, run directory, what the data allows
     if cluster.multi_worker:
-        _check_workers_agree(cluster, plan.config, len(train.records), plan.done, plan.run_dir)
+        _check_workers_agree(cluster, cfg, len(train.records), plan.done, plan.run_dir)
     if resume and plan.done >= cfg.train.epochs:
         return _finished(plan, val, cfg.eval, cluster)
     announce(plan, cluster, len(train.records), len(val.records))
@@ -83,7 +84,7 @@ def _run(
         inference = build.make_model(cfg, train, plan.anchors, init_weights=not plan.done)
         schedule = build.make_schedule(cfg.train, lr=plan.lr, steps=plan.steps)
         model = build.make_training_model(cfg, inference, schedule)
-    dataset = build.make_datasets(build.make_train_input(plan.config, train, plan), cluster)
+    dataset = build.make_datasets(build.make_train_input(cfg, train, plan), cluster)
     callbacks = build.make_callbacks(
         cfg,
         plan=plan,
