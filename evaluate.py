@@ -4,8 +4,8 @@ import sys
 
 if __name__ == "__main__":
     try:  # importing TensorFlow takes seconds: Ctrl-C may land here
-        from detector.cli import evaluate_main
-        from detector.faults import exit_after
+        from detector.cli.train import evaluate_main
+        from detector.engine.faults import exit_after
     except KeyboardInterrupt:
         print("\ninterrupted while starting: nothing was done", file=sys.stderr)
         sys.exit(130)

@@ -2,7 +2,7 @@
 
 import sys
 
-from detector.predict_cli import predict_main
+from detector.cli.predict import predict_main
 
 if __name__ == "__main__":
     sys.exit(predict_main())

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import yaml
 
-from detector.data.export import write_coco, write_voc, write_yolo
+from detector.data.convert import write_coco, write_voc, write_yolo
 from detector.data.records import Dataset, Record
 
 NAMES = ["red", "green", "blue"]

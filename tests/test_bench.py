@@ -3,8 +3,8 @@
 import keras
 import pytest
 
-from detector.bench import TARGETS, conv_flops, format_table, ratios
-from detector.model import build_inference_model
+from detector.bench.core import TARGETS, conv_flops, format_table, ratios
+from detector.model.network import build_inference_model
 
 
 def test_conv_flops_match_a_hand_count():

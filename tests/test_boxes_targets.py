@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from detector.anchors import kmeans_anchors, mean_best_iou
-from detector.boxes import cxcywh_to_xyxy, iou_xyxy, shape_iou, xyxy_to_cxcywh, xyxy_to_xywh
-from detector.targets import decode_targets, encode_targets
+from detector.model.anchors import kmeans_anchors, mean_best_iou
+from detector.model.targets import decode_targets, encode_targets
+from detector.utils.boxes import cxcywh_to_xyxy, iou_xyxy, shape_iou, xyxy_to_cxcywh, xyxy_to_xywh
 
 
 def test_iou_hand_computed():

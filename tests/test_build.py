@@ -10,16 +10,16 @@ import keras
 import pytest
 import yaml
 
-from detector.build import RunPlan, make_callbacks, make_schedule
-from detector.callbacks import MetricsCSV, NonFiniteGuard
-from detector.checkpoints import BestCocoAP, SaveLast
-from detector.config import load_config
+from detector.config.schema import load_config
 from detector.data.spec import load_dataset
-from detector.distribute import ChiefOnly, Cluster, SyncStop
-from detector.evaluation import STAT_NAMES
-from detector.schedule import LearningRateCallback, TimeBudget
-from detector.state import RunState
-from detector.training import best_so_far, prepare_run
+from detector.engine.build import RunPlan, make_callbacks, make_schedule
+from detector.engine.callbacks.checkpoints import BestCocoAP, SaveLast
+from detector.engine.callbacks.guards import MetricsCSV, NonFiniteGuard
+from detector.engine.distribute import ChiefOnly, Cluster, SyncStop
+from detector.engine.run import best_so_far, prepare_run
+from detector.engine.schedule import LearningRateCallback, TimeBudget
+from detector.engine.state import RunState
+from detector.evaluation.coco import STAT_NAMES
 
 CLUSTERS = {
     "single": Cluster("none", None),

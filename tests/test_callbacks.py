@@ -5,12 +5,12 @@ import keras
 import numpy as np
 import pytest
 
-from detector.callbacks import NonFiniteGuard, NonFiniteLoss
-from detector.checkpoints import BestCocoAP, EvalCopy
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
-from detector.model import build_inference_model
-from detector.schedule import DarknetSchedule, learning_rate_at
+from detector.engine.callbacks.checkpoints import BestCocoAP, EvalCopy
+from detector.engine.callbacks.guards import NonFiniteGuard, NonFiniteLoss
+from detector.engine.schedule import DarknetSchedule, learning_rate_at
+from detector.model.network import build_inference_model
 
 
 def make_callback(tiny_spec, run_dir, aps):
@@ -142,7 +142,7 @@ def test_batch_callbacks_run_once_per_execution_and_the_guard_names_its_steps():
 
 
 def test_atomic_files_get_the_usual_permissions(tmp_path):
-    from detector.io import atomic_write_text
+    from detector.utils.atomic import atomic_write_text
 
     atomic_write_text(str(tmp_path / "x.json"), "{}")
     mask = os.umask(0)

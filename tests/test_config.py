@@ -1,11 +1,12 @@
-"""Tests of detector.config: defaults, YAML merge, overrides, type and value checks, round trip."""
+"""Tests of detector.config.schema: defaults, YAML merge, overrides, type and value checks, round
+trip."""
 
 from pathlib import Path
 
 import pytest
 import yaml
 
-from detector.config import (
+from detector.config.schema import (
     PUBLISHED_ANCHORS,
     Config,
     EvalConfig,

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from detector.bench import conv_flops
-from detector.config import PUBLISHED_ANCHORS, LossConfig
+from detector.bench.core import conv_flops
+from detector.config.schema import PUBLISHED_ANCHORS, LossConfig
 from detector.darknet.build import build_from_cfg
 from detector.darknet.cfg import format_table, layer_table, read_cfg, region_loss_config
 from detector.darknet.inference import darknet_region_output
@@ -20,8 +20,8 @@ from detector.darknet.transfer import (
     set_conv_weights,
 )
 from detector.darknet.weights import ConvWeights, Header, read_weights, write_weights
-from detector.layers import SpaceToDepth
-from detector.model import build_inference_model
+from detector.model.layers import SpaceToDepth
+from detector.model.network import build_inference_model
 from tests.darknet_reference import (
     CFG_DIR,
     CONV,

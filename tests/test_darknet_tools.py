@@ -17,7 +17,7 @@ from detector.darknet.transfer import (
     save_darknet_weights,
 )
 from detector.darknet.weights import Header, read_weights, write_weights
-from detector.model import build_inference_model
+from detector.model.network import build_inference_model
 from tests.darknet_reference import CONV, TINY_CFG, random_layers
 
 # ---------------------------------------------------------------- init weights for training
@@ -185,7 +185,7 @@ def test_commands_fail_with_one_line_errors(tmp_path, capsys):
 
 
 def test_converted_checkpoint_is_accepted_by_evaluate(tmp_path, tiny_spec, capsys):
-    from detector.cli import evaluate_main
+    from detector.cli.train import evaluate_main
 
     four = TINY_CFG.replace("classes=3", "classes=4")
     four = four.replace("filters=16\nactivation=linear", "filters=18\nactivation=linear")

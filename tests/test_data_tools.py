@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from data_helpers import AUGMENT, NAMES, write_all_formats
 
-from detector.anchors import box_shapes, kmeans_anchors, mean_best_iou
-from detector.boxes import letterbox_geometry, shape_iou, to_image_pixels, to_input_pixels
+from detector.cli.data import main as data_main
 from detector.data.augment import build_augmenter, prepare_example, resize
-from detector.data.cli import main as data_main
 from detector.data.pipeline import TrainInput, make_train_dataset, multiscale_sizes
 from detector.data.records import Record
 from detector.data.spec import load_dataset
+from detector.model.anchors import box_shapes, kmeans_anchors, mean_best_iou
+from detector.utils.boxes import letterbox_geometry, shape_iou, to_image_pixels, to_input_pixels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -209,8 +209,8 @@ def test_multiscale_batches_have_the_planned_sizes(tmp_path):
 
 
 def test_multiscale_training_traces_a_bounded_number_of_train_functions(tmp_path, monkeypatch):
-    from detector.loss import YoloLoss, identity_loss
-    from detector.model import build_inference_model, build_training_model
+    from detector.model.loss import YoloLoss, identity_loss
+    from detector.model.network import build_inference_model, build_training_model
 
     specs = write_all_formats(str(tmp_path), count=4)
     records = load_dataset(specs["coco"], "train").records
@@ -238,12 +238,11 @@ def _run_module(*argv: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("module", [("detector.data", "anchors"), ("detector.anchors",)])
-def test_anchors_command_prints_the_k_means_anchors_of_the_training_boxes(tmp_path, module):
+def test_anchors_command_prints_the_k_means_anchors_of_the_training_boxes(tmp_path):
     specs = write_all_formats(str(tmp_path), count=8)
     out = tmp_path / "anchors.json"
     argv = [specs["coco"], "--k", "4", "--input-size", "320", "--json", str(out)]
-    result = _run_module(*module, *argv, cwd=tmp_path)
+    result = _run_module("detector.data", "anchors", *argv, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     wh = box_shapes(load_dataset(specs["coco"], "train").records, 320)
     expected = kmeans_anchors(wh, 4, seed=0)

@@ -9,8 +9,8 @@ from pathlib import Path
 import keras
 import pytest
 
-import detector.layers  # noqa: F401  (registers the custom layers for load_model)
-from detector.config import load_config
+import detector.model.layers  # noqa: F401  (registers the custom layers for load_model)
+from detector.config.schema import load_config
 from tests.data_helpers import TINY_MODEL, set_flags
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from detector.checkpoints import BestCocoAP, EvalCopy
-from detector.config import load_config, save_config
+from detector.config.schema import load_config, save_config
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
-from detector.evaluation import STAT_NAMES
-from detector.model import build_inference_model
+from detector.engine.callbacks.checkpoints import BestCocoAP, EvalCopy
+from detector.evaluation.coco import STAT_NAMES
+from detector.model.network import build_inference_model
 
 
 def test_eval_async_is_the_yaml_key_and_round_trips(tmp_path):
@@ -122,8 +122,8 @@ def test_async_and_sync_give_the_same_aps_and_best_epoch(tiny_spec, tmp_path):
     equal the epoch-end evaluations (training itself is not bit-reproducible across runs
     on this CPU, so two separate runs could not be compared)."""
     from detector.data.pipeline import TrainInput, make_train_dataset
-    from detector.loss import YoloLoss, identity_loss
-    from detector.model import build_training_model
+    from detector.model.loss import YoloLoss, identity_loss
+    from detector.model.network import build_training_model
 
     keras.utils.set_random_seed(0)
     train = load_dataset(str(tiny_spec), "train")
@@ -156,8 +156,8 @@ def test_an_interrupted_run_lands_the_evaluation_in_flight(tiny_spec, tmp_path):
     evaluation on the way out, so its row reaches the loggers and its best is saved."""
     import types
 
-    from detector.build import RunCallbacks
-    from detector.training import fit
+    from detector.engine.build import RunCallbacks
+    from detector.engine.run import fit
 
     callback, model, rows = background_callback(tiny_spec, tmp_path)
     callback._metrics = scripted([0.3])

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from data_helpers import synthetic_spec
 
-from detector.checkpoints import BestCocoAP, EvalCopy
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
-from detector.evaluation import EvalImages, coco_metrics, evaluate_model
-from detector.model import build_inference_model
-from detector.predict import iter_results, to_image_boxes
-from detector.results import batch_coco_detections, coco_results
+from detector.engine.callbacks.checkpoints import BestCocoAP, EvalCopy
+from detector.evaluation.coco import EvalImages, coco_metrics, evaluate_model
+from detector.inference.detector import iter_results, to_image_boxes
+from detector.inference.results import batch_coco_detections, coco_results
+from detector.model.network import build_inference_model
 
 SIZE = 64
 

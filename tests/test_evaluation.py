@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.evaluation import STAT_NAMES, coco_metrics, format_metrics, load_coco
+from detector.evaluation.coco import STAT_NAMES, coco_metrics, format_metrics, load_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT.parent / "shared" / "data" / "cocoeval_check"
@@ -106,8 +106,8 @@ def test_half_overlap_counts_at_iou_50_only(tmp_path):
 @needs_check
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 def test_streaming_evaluation_equals_one_cocoeval(chunk):
-    from detector.evaluation import metrics_of
-    from detector.streaming_eval import StreamingCocoEval
+    from detector.evaluation.coco import metrics_of
+    from detector.evaluation.streaming import StreamingCocoEval
 
     coco = load_coco(str(CHECK / "instances_val2014_100.json"))
     results = json.loads((CHECK / "instances_val2014_fakebbox100_results.json").read_text())
@@ -127,9 +127,9 @@ def test_streaming_evaluation_equals_one_cocoeval(chunk):
 @needs_check
 @pytest.mark.parametrize("chunk", [1, 1000])
 def test_streaming_arrays_equal_one_cocoeval(chunk):
-    from detector.evaluation import metrics_of
-    from detector.results import CocoDetections
-    from detector.streaming_eval import StreamingCocoEval
+    from detector.evaluation.coco import metrics_of
+    from detector.evaluation.streaming import StreamingCocoEval
+    from detector.inference.results import CocoDetections
 
     coco = load_coco(str(CHECK / "instances_val2014_100.json"))
     results = json.loads((CHECK / "instances_val2014_fakebbox100_results.json").read_text())
@@ -158,7 +158,7 @@ def test_fast_cocoeval_gives_cocoapis_arrays():
 
     from pycocotools.cocoeval import COCOeval
 
-    from detector.streaming_eval import FastCocoEval
+    from detector.evaluation.streaming import FastCocoEval
 
     coco = load_coco(str(CHECK / "instances_val2014_100.json"))
     results = json.loads((CHECK / "instances_val2014_fakebbox100_results.json").read_text())

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from detector.boxes import to_image_pixels, to_input_pixels
+from detector.cli.data import main as data_main
 from detector.data.augment import prepare_example
-from detector.data.cli import main as data_main
 from detector.data.coco import read_coco
 from detector.data.files import decode_image, image_size, read_image
 from detector.data.pipeline import make_eval_dataset
 from detector.data.policy import check_images, inspect_image
 from detector.data.records import Dataset, Record
 from detector.data.spec import load_dataset
+from detector.utils.boxes import to_image_pixels, to_input_pixels
 from tests.data_helpers import write_specs
 
 WIDTH, HEIGHT = 100, 160  # displayed size

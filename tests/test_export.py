@@ -13,13 +13,13 @@ import tensorflow as tf
 from detector.data.augment import resize
 from detector.data.pipeline import TrainInput, make_train_dataset
 from detector.data.spec import load_dataset
-from detector.evaluation import evaluate_model
+from detector.evaluation.coco import evaluate_model
 from detector.export import default_path, export, tflite_ops
 from detector.export.__main__ import main
-from detector.loss import YoloLoss, identity_loss
-from detector.model import build_inference_model, build_training_model
-from detector.postprocess import nms, portable_nms
-from detector.runtimes import Metadata, load_runtime, metadata_path
+from detector.inference.runtimes import Metadata, load_runtime, metadata_path
+from detector.model.loss import YoloLoss, identity_loss
+from detector.model.network import build_inference_model, build_training_model
+from detector.model.postprocess import nms, portable_nms
 
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnxruntime"))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="no export extra (tf2onnx, onnxruntime)")

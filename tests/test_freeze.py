@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from detector.build import make_training_model
-from detector.config import load_config
+from detector.config.schema import load_config
 from detector.darknet.transfer import get_conv_weights, load_init_weights, model_conv_specs
 from detector.darknet.weights import ConvWeights, write_weights
-from detector.model import BACKBONE_CONVS, build_inference_model, freeze_layers
-from detector.targets import encode_targets
+from detector.engine.build import make_training_model
+from detector.model.network import BACKBONE_CONVS, build_inference_model, freeze_layers
+from detector.model.targets import encode_targets
 
 ANCHORS = [[1.0, 1.5], [3.0, 2.0]]
 

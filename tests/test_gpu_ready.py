@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from detector import devices
-from detector.build import make_schedule, make_training_model
-from detector.checkpoints import EvalCopy, ema_weights
-from detector.config import load_config
-from detector.model import build_inference_model
+from detector.config.schema import load_config
+from detector.engine import devices
+from detector.engine.build import make_schedule, make_training_model
+from detector.engine.callbacks.checkpoints import EvalCopy, ema_weights
+from detector.model.network import build_inference_model
 
 SIZE, CLASSES, ANCHORS, MAX_BOXES = 64, 3, [[1.0, 1.0], [2.0, 2.0]], 4
 
@@ -249,13 +249,13 @@ def _with_one_fake_gpu():
 
 MIRRORED = """
     import numpy as np
-    from detector.distribute import split_cpu
+    from detector.engine.distribute import split_cpu
     split_cpu(2)
     import tensorflow as tf
-    from detector.build import make_schedule, make_training_model
-    from detector.config import load_config
-    from detector.devices import run_settings
-    from detector.model import build_inference_model
+    from detector.engine.build import make_schedule, make_training_model
+    from detector.config.schema import load_config
+    from detector.engine.devices import run_settings
+    from detector.model.network import build_inference_model
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     print(run_settings("float32", "auto", strategy.num_replicas_in_sync)[2])

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from detector import grid, targets
-from detector.grid import STRIDE, decode_raw, encode_raw, grid_offsets
-from detector.loss import YoloLoss
-from detector.postprocess import decode
+from detector.model import grid, targets
+from detector.model.grid import STRIDE, decode_raw, encode_raw, grid_offsets
+from detector.model.loss import YoloLoss
+from detector.model.postprocess import decode
 
 ANCHORS = np.array([[1.0, 1.0], [2.5, 1.5], [4.0, 4.0]], np.float32)
 
@@ -105,7 +105,7 @@ def test_stride_has_one_home_and_targets_stay_numpy_only():
     code = (
         "import sys, types; package = types.ModuleType('detector'); "
         f"package.__path__ = [{package!r}]; sys.modules['detector'] = package; "
-        "import detector.anchors, detector.targets; print('tensorflow' in sys.modules)"
+        "import detector.model.anchors, detector.model.targets; print('tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from detector.cli import evaluate_main, train_main
-from detector.config import load_config
+from detector.cli.train import evaluate_main, train_main
+from detector.config.schema import load_config
 from detector.data.spec import load_spec
-from detector.io import _create_temporary
-from detector.results_io import clean_results, skipped_line
-from detector.runlock import claim_run_dir, clean_temporaries, run_lock
-from detector.safe_yaml import MAX_BYTES
+from detector.evaluation.results_file import clean_results, skipped_line
+from detector.utils.atomic import _create_temporary
+from detector.utils.runlock import claim_run_dir, clean_temporaries, run_lock
+from detector.utils.safe_yaml import MAX_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUTH = [  # (image_id, category_id, bbox xywh)
@@ -265,7 +265,7 @@ def test_a_yaml_syntax_error_names_the_line_not_its_text(tmp_path):
     assert SECRET not in message
 
 
-# The lock holder runs as a separate process; it loads detector/runlock.py by path
+# The lock holder runs as a separate process; it loads detector/utils/runlock.py by path
 # (importing the package would start TensorFlow: seconds per process).
 HOLDER = """
 import importlib.util, sys, time
@@ -281,7 +281,7 @@ with runlock.run_lock(sys.argv[2]):
 @contextlib.contextmanager
 def holder(run_dir: Path, seconds: float):
     """A process holding `run_dir`'s lock for `seconds`, once it says so."""
-    script = [sys.executable, "-c", HOLDER, str(ROOT / "detector" / "runlock.py")]
+    script = [sys.executable, "-c", HOLDER, str(ROOT / "detector" / "utils" / "runlock.py")]
     proc = subprocess.Popen([*script, str(run_dir), str(seconds)], stdout=subprocess.PIPE)
     try:
         assert proc.stdout.readline() == b"locked\n"
@@ -364,7 +364,7 @@ def test_clean_temporaries_removes_only_the_atomic_writers_files(tmp_path):
 
 
 def test_a_damaged_keras_file_is_a_value_error_naming_it(tmp_path):
-    from detector.predict import Detector
+    from detector.inference.detector import Detector
 
     path = tmp_path / "best.keras"
     path.write_bytes(b"not a zip archive")
@@ -373,7 +373,7 @@ def test_a_damaged_keras_file_is_a_value_error_naming_it(tmp_path):
 
 
 def test_a_run_directory_that_cannot_be_made_is_a_value_error(tmp_path):
-    from detector.runlock import run_lock
+    from detector.utils.runlock import run_lock
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -382,7 +382,7 @@ def test_a_run_directory_that_cannot_be_made_is_a_value_error(tmp_path):
 
 
 def test_train_and_val_with_different_classes_are_refused(monkeypatch):
-    import detector.training as training
+    import detector.engine.run as training
     from detector.data.records import Dataset
 
     splits = {

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import yaml
 
-from detector import training
-from detector.config import load_config
-from detector.data.cli import main as data_main
+from detector.cli.data import main as data_main
+from detector.config.schema import load_config
 from detector.data.files import decode_image, image_size, read_image
 from detector.data.image_checks import MAX_PIXELS, ImageTooLarge, is_truncated
 from detector.data.policy import inspect_image
 from detector.data.spec import load_dataset
-from detector.sources import read_frames
+from detector.engine import run as training
+from detector.inference.sources import read_frames
 from tests.data_helpers import write_all_formats
 
 

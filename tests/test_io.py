@@ -1,12 +1,12 @@
-"""detector.io: atomic writers get the umask's permissions and never leave half a file."""
+"""detector.utils.atomic: atomic writers get the umask's permissions and never leave half a file."""
 
 import json
 import os
 
 import pytest
 
-from detector.config import load_config, save_config
-from detector.io import (
+from detector.config.schema import load_config, save_config
+from detector.utils.atomic import (
     atomic_path,
     atomic_save,
     atomic_write_bytes,

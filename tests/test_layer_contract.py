@@ -13,10 +13,10 @@ import pytest
 from layer_contract import check_layer_contract
 
 import detector
-from detector.layers import SpaceToDepth, YoloHead
-from detector.loss import TERMS, YoloLoss, identity_loss
-from detector.schedule import DarknetSchedule
-from detector.targets import encode_targets
+from detector.engine.schedule import DarknetSchedule
+from detector.model.layers import SpaceToDepth, YoloHead
+from detector.model.loss import TERMS, YoloLoss, identity_loss
+from detector.model.targets import encode_targets
 
 ANCHORS = [[1.0, 1.5], [3.0, 2.0], [5.0, 6.0]]
 NUM_CLASSES = 2

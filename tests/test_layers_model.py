@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from detector.layers import SpaceToDepth
-from detector.loss import YoloLoss
-from detector.model import build_inference_model, build_training_model, scaled_filters
+from detector.model.layers import SpaceToDepth
+from detector.model.loss import YoloLoss
+from detector.model.network import build_inference_model, build_training_model, scaled_filters
 
 ANCHORS = [[0.5, 0.7], [1.5, 1.2], [3.0, 2.5]]
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from detector.loss import TERMS, YoloLoss, identity_loss
-from detector.model import build_inference_model, build_training_model
-from detector.targets import encode_targets
+from detector.model.loss import TERMS, YoloLoss, identity_loss
+from detector.model.network import build_inference_model, build_training_model
+from detector.model.targets import encode_targets
 
 ANCHORS = np.array([[1.0, 1.0], [2.5, 1.5], [4.0, 4.0]], np.float32)
 C = 3
@@ -178,7 +178,7 @@ def test_ciou_reference_values():
     centre distance 1, enclosing box 3x2: d²/c² = 1/13, equal aspect ratios: v = 0),
     and a 2x1 box inside a 2x2 one sharing its centre (IoU 1/2, v = (4/pi²)(pi/4 -
     atan 2)²)."""
-    from detector.loss import elementwise_ciou_cxcywh
+    from detector.model.loss import elementwise_ciou_cxcywh
 
     a = np.array([[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]], np.float32)
     b = np.array([[2.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 1.0]], np.float32)

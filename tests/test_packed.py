@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from detector.anchors import box_shapes
-from detector.data.cli import main as data_main
+from detector.cli.data import main as data_main
 from detector.data.coco import ground_truth
 from detector.data.pipeline import TrainInput, make_eval_dataset, make_train_dataset
 from detector.data.records import Dataset, RecordList, Records
 from detector.data.spec import load_annotations, load_dataset
 from detector.data.tfrecord import PackedRecords
+from detector.model.anchors import box_shapes
 from tests.data_helpers import TINY_MODEL, damage_annotations, set_flags, write_all_formats
 
 ANCHORS = [[1.0, 1.0], [2.0, 2.0]]

@@ -66,7 +66,7 @@ def test_mosaic_with_packed_records_is_refused():
 def test_the_model_casts_uint8_batches_itself():
     import tensorflow as tf
 
-    from detector.model import build_inference_model
+    from detector.model.network import build_inference_model
 
     model = build_inference_model(2, ANCHORS, "tiny", 0.125, 64)
     pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
@@ -75,7 +75,7 @@ def test_the_model_casts_uint8_batches_itself():
 
 
 def test_bench_pipeline_ratios():
-    from detector.bench import TARGETS, ratios
+    from detector.bench.core import TARGETS, ratios
 
     t = {"train_flops_per_image": 1.0, "step_ips": 1.0, "matmul_gflops": 1.0, "fit_ips": 1.0}
     t |= {"pipeline_ips": 1.0, "step_seconds_yolo": 1.0, "step_seconds_mse": 1.0}
@@ -92,8 +92,8 @@ def test_bench_pipeline_ratios():
     [(2, 0, 8 * 5 * 4), (2, 30, 8 * 5 * 4), (0.25, 0, round(7.5 * 5) * 4), (0.25, 30, None)],
 )
 def test_close_mosaic_position_from_the_config(close, minutes, until):
-    from detector.build import RunPlan, _mosaic_until
-    from detector.config import load_config
+    from detector.config.schema import load_config
+    from detector.engine.build import RunPlan, _mosaic_until
 
     keys = ["train.epochs=10", f"train.close_mosaic={close}", f"train.max_minutes={minutes}"]
     cfg = load_config("configs/default.yaml", [*keys, "data.batch_size=4"])

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from detector.postprocess import combined_nms, decode, nms, padded_nms
+from detector.model.postprocess import combined_nms, decode, nms, padded_nms
 
 # Two anchors in one cell, same centre: boxes 0.5 and 0.6 wide on a 2x2 grid overlap
 # with IoU 0.5² / 0.6² ≈ 0.69, above NMS's 0.45.
@@ -47,7 +47,7 @@ def test_single_class_scores_are_the_objectness_without_a_softmax_warning():
     triggered, in the decoder or in the loss (whose class term is 0)."""
     import warnings
 
-    from detector.loss import YoloLoss
+    from detector.model.loss import YoloLoss
 
     raw = np.random.default_rng(0).normal(0, 2, (2, 3, 3, 2, 6)).astype(np.float32)
     with warnings.catch_warnings():
@@ -148,7 +148,7 @@ def test_padded_nms_separates_classes_and_caps_each_class():
 
 @pytest.mark.parametrize("gpus, chosen", [([], "combined_nms"), (["GPU:0"], "padded_nms")])
 def test_nms_runs_on_the_device_at_hand(monkeypatch, gpus, chosen):
-    import detector.postprocess as postprocess
+    import detector.model.postprocess as postprocess
 
     calls = []
     for name in ("combined_nms", "padded_nms"):

@@ -23,14 +23,14 @@ import pytest
 from PIL import Image
 
 from detector import Detector
-from detector.cli import evaluate_main
+from detector.cli.predict import predict_main
+from detector.cli.train import evaluate_main
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
 from detector.data.yolo import read_yolo
-from detector.evaluation import coco_metrics, evaluate_model, load_coco
-from detector.model import build_inference_model
-from detector.predict_cli import predict_main
-from detector.runtimes import Metadata, Runtime, load_runtime
+from detector.evaluation.coco import coco_metrics, evaluate_model, load_coco
+from detector.inference.runtimes import Metadata, Runtime, load_runtime
+from detector.model.network import build_inference_model
 from tests.data_helpers import TINY_MODEL, set_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +208,7 @@ def test_import_detector_registers_everything_load_model_needs(forced_checkpoint
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "HEAD detector.layers" in proc.stdout and "BOXES 4" in proc.stdout
+    assert "HEAD detector.model.layers" in proc.stdout and "BOXES 4" in proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +399,7 @@ def test_cli_missing_files_are_named(forced_checkpoint, tmp_path, capsys):
 
 
 def test_a_fixed_batch_runtime_runs_any_number_of_images():
-    from detector.runtimes import Metadata, Runtime
+    from detector.inference.runtimes import Metadata, Runtime
 
     def forward(images):  # batch of exactly 2; echoes each image's first pixel as its score
         assert len(images) == 2

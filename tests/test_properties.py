@@ -18,12 +18,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.config import config_to_dict, load_config
+from detector.config.schema import config_to_dict, load_config
 from detector.data.coco import read_coco
 from detector.data.spec import SPEC_KEYS, load_spec
 from detector.data.voc import read_voc
 from detector.data.yolo import read_yolo
-from detector.results_io import clean_results, read_results
+from detector.evaluation.results_file import clean_results, read_results
 
 SETTINGS = settings(
     max_examples=60,
@@ -339,9 +339,9 @@ def test_found_cases_in_voc_yolo_and_config(image_folder, tmp_path):
 
 
 def test_entry_points_end_hostile_input_in_one_error_line(tmp_path, capsys):
-    from detector.cli import train_main
+    from detector.cli.data import main as data_main
+    from detector.cli.train import train_main
     from detector.darknet.__main__ import main as darknet_main
-    from detector.data.cli import main as data_main
 
     binary = tmp_path / "binary.cfg"
     binary.write_bytes(b"\xff\xfe[net]\x00\n")

@@ -4,7 +4,7 @@ worker must not swallow the training thread's output)."""
 import sys
 import threading
 
-from detector.quiet import quiet_stdout
+from detector.utils.quiet import quiet_stdout
 
 
 def test_only_the_quiet_thread_is_silenced(capsys):

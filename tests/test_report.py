@@ -1,5 +1,5 @@
-"""The validation report (`detector.report`, `detector.tide`) on hand-made ground truth and
-detections whose every number is worked out by hand in the comments."""
+"""The validation report (`detector.evaluation.report`, `detector.evaluation.tide`) on hand-made
+ground truth and detections whose every number is worked out by hand in the comments."""
 
 import contextlib
 import io
@@ -10,9 +10,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector import report, tide
-from detector.evaluation import coco_metrics
-from detector.report_plots import PICTURES, plot_speed_accuracy
+from detector.evaluation import report, tide
+from detector.evaluation.coco import coco_metrics
+from detector.evaluation.plots import PICTURES, plot_speed_accuracy
 
 A, B = 1, 2  # category ids of classes "a" and "b"
 

@@ -14,12 +14,12 @@ import keras
 import numpy as np
 import pytest
 
-import detector.layers  # noqa: F401  (registers the custom layers for load_model)
-from detector.callbacks import NonFiniteGuard, NonFiniteLoss
-from detector.config import load_config
-from detector.schedule import DarknetSchedule, LearningRateCallback, learning_rate_at
-from detector.state import RunState, resolve, truncate_csv
-from detector.training import run
+import detector.model.layers  # noqa: F401  (registers the custom layers for load_model)
+from detector.config.schema import load_config
+from detector.engine.callbacks.guards import NonFiniteGuard, NonFiniteLoss
+from detector.engine.run import run
+from detector.engine.schedule import DarknetSchedule, LearningRateCallback, learning_rate_at
+from detector.engine.state import RunState, resolve, truncate_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -247,9 +247,9 @@ def test_nan_guard_stops_before_the_bad_step_reaches_the_state(tmp_path):
 )
 def test_precision_and_xla_modes_train_an_epoch(tiny_spec, tmp_path, mode, monkeypatch):
     if "train.precision=mixed_float16" in mode:  # refused without a GPU; the path is the same
-        import detector.training
+        import detector.engine.run
 
-        monkeypatch.setattr(detector.training, "check_precision", lambda precision: None)
+        monkeypatch.setattr(detector.engine.run, "check_precision", lambda precision: None)
     cfg = load_config(
         overrides=[
             *TINY,

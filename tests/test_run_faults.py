@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from detector.runlock import _TEMPORARY
-from detector.state import resolve
+from detector.engine.state import resolve
+from detector.utils.runlock import _TEMPORARY
 from tests.data_helpers import TINY_MODEL, set_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ if fault == "loader":
         return original(self, *args)
     pipeline._ExampleLoader.from_index = from_index
 elif fault:
-    from detector import io
+    from detector.utils import atomic as io
     code, original = getattr(errno, fault), io._commit
     def _commit(tmp, path):
         if os.path.basename(path) == os.environ["FAULT_TARGET"]:
@@ -295,7 +295,7 @@ def test_a_real_full_disk_stops_cleanly_and_resume_finishes_once_space_is_freed(
 
 def _tiny_run_dir(spec: Path, run_dir: Path) -> Path:
     """A run directory holding the config.yaml of a tiny run (nothing trained)."""
-    from detector.config import load_config, save_config
+    from detector.config.schema import load_config, save_config
 
     overrides = [*TINY_MODEL, "model.num_anchors=2", f"data.spec={spec}"]
     cfg = load_config(overrides=[*overrides, f"train.run_dir={run_dir}"])
@@ -314,7 +314,7 @@ def _damage_state(run_dir: Path) -> dict[str, bytes]:
 
 
 def test_resume_with_damaged_state_refuses_naming_the_files(tiny_spec, tmp_path, capsys):
-    from detector.cli import train_main
+    from detector.cli.train import train_main
 
     run_dir = _tiny_run_dir(tiny_spec, tmp_path / "run")
     before = _damage_state(run_dir)
@@ -328,7 +328,7 @@ def test_resume_with_damaged_state_refuses_naming_the_files(tiny_spec, tmp_path,
 
 
 def test_resume_point_refuses_missing_state_after_logged_epochs(tmp_path):
-    from detector.state import resume_point
+    from detector.engine.state import resume_point
 
     assert resume_point(str(tmp_path)) is None  # nothing saved yet: start again
     (tmp_path / "metrics.csv").write_text("epoch,loss\n1,5.0\n")
@@ -348,7 +348,7 @@ def test_resume_point_refuses_missing_state_after_logged_epochs(tmp_path):
 def test_resume_with_a_changed_architecture_names_the_keys(
     tiny_spec, tmp_path, capsys, override, named
 ):
-    from detector.cli import train_main
+    from detector.cli.train import train_main
 
     run_dir = _tiny_run_dir(tiny_spec, tmp_path / "run")
     assert train_main(["--resume", str(run_dir), "--set", override]) == 2
@@ -358,8 +358,8 @@ def test_resume_with_a_changed_architecture_names_the_keys(
 
 
 def test_resume_with_other_training_classes_names_them(tiny_spec, tmp_path):
-    from detector.config import load_config
-    from detector.faults import check_architecture
+    from detector.config.schema import load_config
+    from detector.engine.faults import check_architecture
 
     run_dir = _tiny_run_dir(tiny_spec, tmp_path / "run")
     head = {"class_name": "YoloHead", "config": {"class_names": ["cat", "dog"]}}
@@ -374,8 +374,8 @@ def test_resume_with_other_training_classes_names_them(tiny_spec, tmp_path):
 def test_a_start_claims_a_folder_holding_only_temporaries_and_removes_them(tmp_path):
     import contextlib
 
-    from detector.io import _create_temporary
-    from detector.runlock import claim_run_dir, clean_temporaries
+    from detector.utils.atomic import _create_temporary
+    from detector.utils.runlock import claim_run_dir, clean_temporaries
 
     run_dir = tmp_path / "run"
     left = _create_temporary(str(run_dir / "config.yaml"), "")  # killed at its first write
@@ -390,7 +390,7 @@ def test_a_start_claims_a_folder_holding_only_temporaries_and_removes_them(tmp_p
 def test_a_refused_commit_names_the_target_and_leaves_no_temporary(tmp_path, monkeypatch, code):
     import errno
 
-    from detector import io
+    from detector.utils import atomic as io
 
     target = tmp_path / "last.keras"
     target.write_bytes(b"old")
@@ -405,7 +405,7 @@ def test_a_refused_commit_names_the_target_and_leaves_no_temporary(tmp_path, mon
     assert info.value.errno == getattr(errno, code) and info.value.filename == str(target)
     monkeypatch.undo()  # the removal failed above (read-only): the next start cleans up
     assert target.read_bytes() == b"old"
-    from detector.runlock import clean_temporaries
+    from detector.utils.runlock import clean_temporaries
 
     assert clean_temporaries(str(tmp_path)) == 1 and os.listdir(tmp_path) == ["last.keras"]
 
@@ -413,7 +413,7 @@ def test_a_refused_commit_names_the_target_and_leaves_no_temporary(tmp_path, mon
 def test_describe_op_error_names_the_loaders_exception_not_the_graph():
     import tensorflow as tf
 
-    from detector.faults import describe_op_error
+    from detector.engine.faults import describe_op_error
 
     message = (
         "Graph execution error:\n\nDetected at node PyFunc defined at (most recent call "

@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from detector.build import make_schedule
-from detector.config import load_config
-from detector.schedule import DarknetSchedule, LearningRateCallback, TimeBudget, learning_rate_at
+from detector.config.schema import load_config
+from detector.engine.build import make_schedule
+from detector.engine.schedule import (
+    DarknetSchedule,
+    LearningRateCallback,
+    TimeBudget,
+    learning_rate_at,
+)
 
 SCHEDULES = {
     "cosine": {"base_lr": 0.004, "total_steps": 500, "warmup_steps": 40, "final_fraction": 0.01},
@@ -139,7 +144,7 @@ def test_time_budget_writes_the_share_every_n_batches():
 
 
 def test_train_refuses_a_partial_execution_before_writing_anything(tiny_spec, tmp_path, capsys):
-    from detector.cli import train_main
+    from detector.cli.train import train_main
 
     run_dir = tmp_path / "run"
     argv = ["--data", str(tiny_spec), "--run-dir", str(run_dir)]

@@ -1,4 +1,4 @@
-"""Where predictions' images come from (`detector.sources`): files, folders, globs, lists,
+"""Where predictions' images come from (`detector.inference.sources`): files, folders, globs, lists,
 videos, arrays; unreadable files are frames with an error, never an exception."""
 
 import cv2
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.sources import as_inputs, open_source, relative_names
+from detector.inference.sources import as_inputs, open_source, relative_names
 
 RED_BGR = (0, 0, 255)
 

@@ -11,7 +11,7 @@ import yaml
 from data_helpers import NAMES, make_records
 
 from detector.data.coco import read_coco
-from detector.data.export import write_voc, write_yolo
+from detector.data.convert import write_voc, write_yolo
 from detector.data.image_lists import label_path
 from detector.data.records import Dataset
 from detector.data.spec import load_annotations, load_dataset, load_spec

@@ -2,11 +2,11 @@ import contextlib
 
 import pytest
 
-from detector.build import make_optimizer
-from detector.config import load_config
-from detector.distribute import Cluster
-from detector.model import build_inference_model
-from detector.training import new_run_dir
+from detector.config.schema import load_config
+from detector.engine.build import make_optimizer
+from detector.engine.distribute import Cluster
+from detector.engine.run import new_run_dir
+from detector.model.network import build_inference_model
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])

@@ -1,5 +1,6 @@
-"""The validation report of ``evaluate.py`` and of the end of training (`detector.validate`),
-on an untrained tiny model whose run config sets ``eval.nms_iou`` 0.1."""
+"""The validation report of ``evaluate.py`` and of the end of training
+(`detector.evaluation.validate`), on an untrained tiny model whose run config sets
+``eval.nms_iou`` 0.1."""
 
 import contextlib
 import dataclasses
@@ -13,15 +14,15 @@ import numpy as np
 import pytest
 
 from detector import Detector
-from detector.cli import evaluate_main
+from detector.cli.train import evaluate_main
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
-from detector.evaluation import STAT_NAMES, evaluate_model
-from detector.model import build_inference_model
-from detector.report_plots import PICTURES
-from detector.runtimes import keras_runtime
-from detector.training import final_report
-from detector.validate import TILE, draw_grids, validate
+from detector.engine.run import final_report
+from detector.evaluation.coco import STAT_NAMES, evaluate_model
+from detector.evaluation.plots import PICTURES
+from detector.evaluation.validate import TILE, draw_grids, validate
+from detector.inference.runtimes import keras_runtime
+from detector.model.network import build_inference_model
 
 RUN_IOU = 0.1  # the run config's eval.nms_iou (the default is 0.45)
 PNG, JPEG = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
@@ -207,7 +208,7 @@ def test_grids_draw_predictions_above_conf_only(val, tmp_path):
 
 
 def test_final_report_writes_run_val_and_returns_the_metrics(checkpoint, model, val, capsys):
-    from detector.config import EvalConfig
+    from detector.config.schema import EvalConfig
 
     metrics = final_report(str(checkpoint.parent), val, EvalConfig(nms_iou=RUN_IOU))
     out = capsys.readouterr().out

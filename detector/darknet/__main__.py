@@ -16,7 +16,7 @@ import sys
 
 from detector.darknet.cfg import format_table, layer_table, read_cfg
 from detector.darknet.weights import read_header
-from detector.io import atomic_save
+from detector.utils.atomic import atomic_save
 
 # The modules that import Keras (hence TensorFlow) are imported inside the commands that
 # use them, so that `layers` answers in a fraction of a second.

@@ -1,6 +1,6 @@
 """Darknet cfg -> Keras functional model, the same kind ``build_inference_model`` makes.
 
-Layer names follow ``detector.model``: the k-th ``[convolutional]`` (1-based, cfg order)
+Layer names follow ``detector.model.network``: the k-th ``[convolutional]`` (1-based, cfg order)
 is ``conv_k``, with ``bn_k`` and ``leaky_k`` (or ``relu_k`` / ``logistic_k``); other layers
 carry darknet's 0-based layer index (``pool_1``, ``route_25``, ``reorg_27``). A conv
 without batch norm has a bias. The model ends in ``YoloHead`` ("yolo_head").
@@ -12,7 +12,7 @@ import keras
 
 from detector.darknet.cfg import BUILDABLE, LayerInfo, layer_table, read_cfg
 from detector.darknet.region import region_spec
-from detector.layers import SpaceToDepth, YoloHead
+from detector.model.layers import SpaceToDepth, YoloHead
 
 # Keras BN computes (x - mean) / sqrt(var + eps); darknet (x - mean) / (sqrt(var) + 1e-6).
 # The weight loader converts the stored variance (transfer.set_conv_weights), so any eps is

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from detector.darknet import limits
 from detector.darknet.region import RegionSpec, region_spec
 from detector.darknet.section import Section
-from detector.safe_yaml import short
+from detector.utils.safe_yaml import short
 
 # Section names darknet accepts for each kind we know (darknet's string_to_layer_type).
 KINDS = {

@@ -19,7 +19,7 @@ from detector.darknet.transfer import (
     model_conv_specs,
     save_darknet_weights,
 )
-from detector.layers import SpaceToDepth, YoloHead
+from detector.model.layers import SpaceToDepth, YoloHead
 
 
 def export_problems(model: keras.Model) -> list[str]:

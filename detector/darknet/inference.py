@@ -4,7 +4,7 @@
 ``resize_image``, align-corners style, in float32) so a converted model can be fed
 exactly what ``darknet detector test`` feeds the network. ``darknet_region_output``
 turns our raw grid into the array darknet's ``[region]`` layer leaves in ``l.output``.
-Darknet's letterbox placement differs from ours (`detector.boxes.letterbox_geometry`):
+Darknet's letterbox placement differs from ours (`detector.utils.boxes.letterbox_geometry`):
 integer arithmetic on the network's (w, h), hence `darknet_letterbox_geometry`.
 """
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 from detector.darknet import limits
-from detector.safe_yaml import short
+from detector.utils.safe_yaml import short
 
 
 @dataclass

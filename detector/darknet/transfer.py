@@ -1,7 +1,7 @@
 """Moving conv weights between Keras models and darknet files (or other checkpoints).
 
 A model's conv layers are found by name: ``conv_1`` .. ``conv_N`` (darknet's order) with
-``bn_k`` when batch-normalised; this holds for ``detector.model.build_inference_model``
+``bn_k`` when batch-normalised; this holds for ``detector.model.network.build_inference_model``
 and for ``build_from_cfg``. Darknet's batch norm divides by ``sqrt(var) + 1e-6``, Keras'
 by ``sqrt(var + eps)``; the stored variance is converted so both compute the same.
 """

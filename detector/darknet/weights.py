@@ -187,7 +187,7 @@ def write_weights(path: str, layers: list[ConvWeights], header: Header | None = 
         layers: list of ConvWeights, in cfg order.
         header: Header or None. Defaults to 0.2.0 with an int64 ``seen`` of 0.
     """
-    from detector.io import atomic_path
+    from detector.utils.atomic import atomic_path
 
     header = header or Header()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -1,8 +1,8 @@
-"""``python -m detector.data``: the dataset tools of `detector.data.cli`."""
+"""``python -m detector.data``: the dataset tools of `detector.cli.data`."""
 
 import sys
 
 if __name__ == "__main__":
-    from detector.data.cli import main
+    from detector.cli.data import main
 
     sys.exit(main())

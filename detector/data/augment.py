@@ -2,7 +2,7 @@
 
 Geometry: by default images are resized to (size, size) without keeping the aspect
 ratio, as YOLOv2 does; with ``letterbox`` both axes scale by size / max(width, height) and
-the rest is padded grey, centred (`detector.boxes.letterbox_geometry`, whose
+the rest is padded grey, centred (`detector.utils.boxes.letterbox_geometry`, whose
 `to_image_pixels` maps predictions back). Boxes are xyxy in pixels throughout.
 
 The augmentation (flip, zoom and shift about the output's centre, darknet's HSV jitter)
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from detector.boxes import letterbox_geometry, to_input_pixels
 from detector.data.files import read_image
 from detector.data.records import Record
+from detector.utils.boxes import letterbox_geometry, to_input_pixels
 
 FILL = 114  # grey for the area an affine shift uncovers (the value Ultralytics uses)
 MIN_BOX_SIDE = 1.0  # pixels of the resized image; thinner boxes are dropped
@@ -92,7 +92,7 @@ def build_augmenter(
     The colour parameters mean what darknet's ``[net]`` options of the same name mean.
     Boxes are clipped to the image and dropped when less than `min_visibility` of their
     area stays inside (and when thinner than `MIN_BOX_SIDE` output pixels). Every argument
-    is required: the defaults are the config's (`detector.config.DataConfig`).
+    is required: the defaults are the config's (`detector.config.schema.DataConfig`).
 
     Args:
         hflip: float. Probability of a horizontal flip.
@@ -235,7 +235,7 @@ def resize(
 
     Returns:
         image uint8 (size, size, 3); boxes float32 (N, 4) xyxy in pixels of the output
-        (`detector.boxes.to_input_pixels`).
+        (`detector.utils.boxes.to_input_pixels`).
     """
     height, width = image.shape[:2]
     if letterbox:

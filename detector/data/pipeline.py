@@ -18,8 +18,8 @@ from detector.data.files import decode_image, decode_reduced, read_image
 from detector.data.mosaic import ExampleMaker, MosaicSwitch, reduce_factor, shrink
 from detector.data.records import Record, Records
 from detector.data.tfrecord import make_packed_stream, parse_example
-from detector.grid import STRIDE
-from detector.targets import encode_targets
+from detector.model.grid import STRIDE
+from detector.model.targets import encode_targets
 
 
 def multiscale_sizes(
@@ -47,7 +47,7 @@ class TrainInput:
             Defaults to 0.
         parallel_calls: int. Loading threads; -1 = tf.data AUTOTUNE. Defaults to -1.
         iou_thresh: float. Extra anchor matches above this shape IoU (see
-            ``detector.targets.encode_targets``). Defaults to 1.0 (none).
+            ``detector.model.targets.encode_targets``). Defaults to 1.0 (none).
         letterbox: bool. Keep the aspect ratio and pad, else plain resize. Defaults to False.
         multiscale: (min, max) | None. YOLOv2's multi-scale training: every
             `multiscale_every` batches get a new side drawn from min..max in steps of 32

@@ -4,9 +4,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from detector.anchors import box_shapes, kmeans_anchors, mean_best_iou
 from detector.data.records import Dataset
-from detector.grid import STRIDE
+from detector.model.anchors import box_shapes, kmeans_anchors, mean_best_iou
+from detector.model.grid import STRIDE
 
 
 def plot_class_histogram(datasets: dict[str, Dataset], path: str) -> str:
@@ -73,9 +73,9 @@ def plot_box_shapes(dataset: Dataset, cfg, path: str) -> str:
 def plot_augmented(dataset: Dataset, cfg, path: str, count: int = 16, seed: int = 0) -> str:
     """A grid of training samples as the pipeline makes them (mosaic and mixup included
     with ``data.mosaic`` / ``data.mixup`` > 0, record lists only), boxes and classes drawn."""
-    from detector.build import make_augmenter
     from detector.data.augment import prepare_example
     from detector.data.mosaic import ExampleMaker
+    from detector.engine.build import make_augmenter
 
     augmenter = make_augmenter(cfg.data)
     d, size = cfg.data, cfg.model.input_size

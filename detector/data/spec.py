@@ -60,7 +60,7 @@ from detector.data.tfrecord import load_packed
 from detector.data.ultralytics import is_ultralytics, ultralytics_spec
 from detector.data.voc import read_voc, voc_class_names
 from detector.data.yolo import read_yolo
-from detector.safe_yaml import short
+from detector.utils.safe_yaml import short
 
 SPEC_KEYS = ("format", "names", "synthetic", *SPLITS)
 SYNTHETIC_DEFAULTS: dict[str, Any] = {

@@ -5,14 +5,14 @@ import difflib
 import os
 from typing import Any
 
-from detector.safe_yaml import check_size, load_text, short
+from detector.utils.safe_yaml import check_size, load_text, short
 
 SPLITS = ("train", "val", "test")
 
 
 def read_text(path: str, what: str = "dataset spec") -> str:
     """The file's text, with errors that name it (none of its content); a file over
-    `detector.safe_yaml.MAX_BYTES` is refused unread."""
+    `detector.utils.safe_yaml.MAX_BYTES` is refused unread."""
     check_size(path, what)
     try:
         with open(path, encoding="utf-8") as f:
@@ -26,7 +26,7 @@ def read_text(path: str, what: str = "dataset spec") -> str:
 
 
 def parse_yaml(text: str, path: str) -> dict[str, Any]:
-    """The top-level mapping of YAML `text` read from `path` (`detector.safe_yaml`'s
+    """The top-level mapping of YAML `text` read from `path` (`detector.utils.safe_yaml`'s
     limits apply: no alias bombs, errors without the file's text)."""
     return mapping(load_text(text, path), path, "")
 

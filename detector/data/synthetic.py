@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from detector.io import atomic_write_bytes
+from detector.utils.atomic import atomic_write_bytes
 
 SHAPES = ("circle", "rectangle", "triangle", "ellipse")
 DESCRIPTION = "synthetic cluttered shapes"
@@ -308,6 +308,6 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.
 
 
 if __name__ == "__main__":
-    from detector.data.cli import main
+    from detector.cli.data import main
 
     sys.exit(main(["synthesize", *sys.argv[1:]]))

@@ -29,7 +29,7 @@ import numpy as np
 from detector.data.coco import ground_truth
 from detector.data.files import decode_image
 from detector.data.records import Dataset, Problems, Record, RecordList
-from detector.io import atomic_path, atomic_write_text
+from detector.utils.atomic import atomic_path, atomic_write_text
 
 INDEX_VERSION = 1
 SHUFFLE_BLOCK = 2048  # examples held in memory by the training stream's shuffle

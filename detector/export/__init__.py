@@ -13,15 +13,15 @@ detection layout of TFLite's SSD models, which mobile SDKs read:
 - ``num_detections`` (B,) float32: the first ``num_detections[i]`` rows of image i are
   detections, the rest zeros.
 
-K = ``max_detections``. NMS is class-aware (`detector.postprocess.portable_nms`, the same
+K = ``max_detections``. NMS is class-aware (`detector.model.postprocess.portable_nms`, the same
 detections as evaluation's ``postprocess.nms``), built from ops the builtin TFLite
 interpreter runs (no Flex ops). Without NMS the output is ``raw_grid`` (B, S/32, S/32, A,
 5 + C) float32, the network's raw ``tx, ty, tw, th, to`` and class logits (decode it with
-`detector.postprocess.decode` and the metadata's anchors).
+`detector.model.postprocess.decode` and the metadata's anchors).
 
 Batch: a TFLite file takes batch 1 (what mobile SDKs expect); a SavedModel or ONNX file
-any batch. `detector.runtimes.load_runtime` runs every artifact with one interface.
-Beside each artifact, its `detector.runtimes.Metadata` as JSON (`metadata_path`).
+any batch. `detector.inference.runtimes.load_runtime` runs every artifact with one interface.
+Beside each artifact, its `detector.inference.runtimes.Metadata` as JSON (`metadata_path`).
 """
 
 import os
@@ -33,9 +33,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from detector.io import atomic_write_bytes
-from detector.postprocess import decode, portable_nms
-from detector.runtimes import Metadata, load_keras, metadata_path
+from detector.inference.runtimes import Metadata, load_keras, metadata_path
+from detector.model.postprocess import decode, portable_nms
+from detector.utils.atomic import atomic_write_bytes
 
 FORMATS = ("saved_model", "tflite", "onnx")
 INPUT_NAME = "images"
@@ -106,7 +106,7 @@ def export(
 def load_float32(checkpoint: str) -> keras.Model:
     """The checkpoint's inference model computing in float32 (a checkpoint saved under a
     mixed-precision policy is rebuilt in float32 with the same weights)."""
-    from detector.checkpoints import float32_config
+    from detector.engine.callbacks.checkpoints import float32_config
 
     model = load_keras(checkpoint)
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):

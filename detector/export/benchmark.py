@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from detector.export import export
-from detector.runtimes import Runtime, load_runtime
+from detector.inference.runtimes import Runtime, load_runtime
 
 # name -> export keyword arguments (None: the .keras checkpoint itself)
 VARIANTS = {
@@ -96,7 +96,7 @@ def _size(path: str) -> int:
 
 
 def _accuracy(runtime: Runtime, dataset) -> dict:
-    from detector.evaluation import evaluate_model
+    from detector.evaluation.coco import evaluate_model
 
     metrics, _ = evaluate_model(runtime, dataset, runtime.metadata.input_size)
     return {"AP": metrics["AP"], "AP50": metrics["AP50"]}

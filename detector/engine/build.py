@@ -1,0 +1,415 @@
+"""The one place a `Config` becomes objects.
+
+Every function here reads config sections and hands plain keyword arguments to the
+layers, models, pipeline and callbacks, which never see a config object (detectron2's
+``from_config`` idea). ``training.run`` calls them in order: anchors → model → loss →
+optimizer → training model → input pipeline → callbacks.
+"""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from detector.config.schema import (
+    Config,
+    DataConfig,
+    EvalConfig,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+)
+from detector.data.augment import build_augmenter
+from detector.data.mosaic import CloseMosaic, MosaicSwitch
+from detector.data.pipeline import TrainInput, make_train_dataset
+from detector.data.records import Dataset
+from detector.engine.callbacks.checkpoints import BestCocoAP, EvalCopy, SaveLast
+from detector.engine.callbacks.guards import MetricsCSV, NonFiniteGuard
+from detector.engine.devices import resolve_jit_compile
+from detector.engine.distribute import ChiefOnly, Cluster, SyncStop
+from detector.engine.schedule import DarknetSchedule, LearningRateCallback, TimeBudget
+from detector.engine.state import RunState
+from detector.evaluation.coco import STAT_NAMES
+from detector.model.anchors import box_shapes, kmeans_anchors, mean_best_iou
+from detector.model.loss import TERMS, YoloLoss, identity_loss
+from detector.model.network import build_inference_model, build_training_model, freeze_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a run decided before building anything (the config itself is never mutated).
+
+    Attributes:
+        config: Config. The resolved config (anchors and run directory filled in), as
+            written to ``RUN_DIR/config.yaml``.
+        run_dir: str. The run directory. write_dir: str. Where this process writes (the
+            run directory, or a non-chief worker's temporary folder).
+        anchors: list of [w, h]. In grid cells.
+        steps: int. Training steps per epoch.
+        lr: float. The peak learning rate (scaled by the replicas with train.scale_lr).
+        resume: bool. Whether the state is restored from ``RUN_DIR/state``.
+        done: int. Epochs completed before this session. Defaults to 0.
+        best_ap: float. Best AP so far (-1: none). Defaults to -1.
+        stale: int. Evaluations since that best (``train.patience`` counts on from it
+            after a resume). Defaults to 0.
+        spent: float. Seconds spent by earlier sessions. Defaults to 0.
+        mosaic_switch: MosaicSwitch. Shared by the training input (reads it) and the
+            callbacks (`CloseMosaic` closes it with ``train.close_mosaic`` < 1).
+    """
+
+    config: Config
+    run_dir: str
+    write_dir: str
+    anchors: list
+    steps: int
+    lr: float
+    resume: bool = False
+    done: int = 0
+    best_ap: float = -1.0
+    stale: int = 0
+    spent: float = 0.0
+    mosaic_switch: MosaicSwitch = dataclasses.field(
+        default_factory=MosaicSwitch, compare=False, repr=False
+    )
+
+
+def choose_anchors(model: ModelConfig, train: Dataset, *, seed: int, letterbox: bool) -> list:
+    """The configured anchors, or k-means clusters of the training boxes (grid cells)."""
+    if model.anchors != "auto":
+        return model.anchors
+    wh = box_shapes(train.records, model.input_size, letterbox)
+    anchors = kmeans_anchors(wh, model.num_anchors, seed=seed)
+    fit = mean_best_iou(wh, anchors)
+    shown = np.round(anchors.astype(np.float64), 3).tolist()
+    print(f"anchors (k-means, grid cells): {shown}, mean best IoU {fit:.3f}")
+    return anchors.tolist()
+
+
+def make_augmenter(data: DataConfig):
+    """The training augmentation of ``data.*`` (one per loading thread: not shareable)."""
+    return build_augmenter(
+        hflip=data.hflip,
+        scale=tuple(data.scale),
+        translate=data.translate,
+        hue=data.hue,
+        saturation=data.saturation,
+        exposure=data.exposure,
+        min_visibility=data.min_visibility,
+    )
+
+
+def make_model(cfg: Config, train: Dataset, anchors, *, init_weights: bool) -> keras.Model:
+    """The inference model for the training split's classes (+ ``model.init_weights``
+    when `init_weights`, i.e. not for a resumed run, whose state replaces them), its first
+    ``train.freeze`` convolutions frozen."""
+    model = build_inference_model(
+        len(train.names),
+        anchors,
+        cfg.model.variant,
+        cfg.model.width,
+        cfg.model.input_size,
+        class_names=train.names,
+        category_ids=train.category_ids,
+        letterbox=cfg.data.letterbox,
+        sync_bn=cfg.train.sync_batchnorm,
+    )
+    path = cfg.model.init_weights
+    if path and init_weights:
+        from detector.darknet import load_init_weights
+
+        loaded, total = load_init_weights(model, path)
+        print(f"init weights: {loaded} of {total} conv layers loaded from {path}")
+    if cfg.train.freeze:
+        frozen = freeze_layers(model, cfg.train.freeze)
+        print(f"train.freeze: conv_1..conv_{frozen} and their BatchNorm frozen")
+    return model
+
+
+def eval_kwargs(e: EvalConfig) -> dict:
+    """The prediction settings of ``eval.*`` (``evaluate_model``'s keyword arguments), so
+    that training, its final report and evaluate.py score a model alike."""
+    return {
+        "batch_size": e.batch_size,
+        "score_threshold": e.score_threshold,
+        "nms_iou": e.nms_iou,
+        "max_detections": e.max_detections,
+    }
+
+
+def make_loss(loss: LossConfig, *, anchors, num_classes: int) -> YoloLoss:
+    """The YoloLoss layer with the config's scales."""
+    return YoloLoss(
+        anchors,
+        num_classes,
+        coord_scale=loss.coord_scale,
+        object_scale=loss.object_scale,
+        noobject_scale=loss.noobject_scale,
+        class_scale=loss.class_scale,
+        ignore_thresh=loss.ignore_thresh,
+        rescore=loss.rescore,
+        warmup_images=loss.warmup_images,
+        prior_scale=loss.prior_scale,
+        objectness=loss.objectness,
+        box=loss.box,
+        xla=loss.xla,
+        name="yolo_loss",
+    )
+
+
+def check_steps_per_execution(train: TrainConfig, steps: int) -> None:
+    """ValueError unless ``train.steps_per_execution`` divides an epoch's `steps` (Keras
+    runs whole executions, so each epoch would run extra steps, moving the data stream and
+    the schedule away from what a resume recomputes)."""
+    if steps % train.steps_per_execution:
+        raise ValueError(
+            f"train.steps_per_execution: {train.steps_per_execution} does not divide the "
+            f"{steps} steps of an epoch (training images // data.batch_size); use a divisor"
+        )
+
+
+def make_schedule(train: TrainConfig, *, lr: float, steps: int) -> DarknetSchedule:
+    """The run's learning rate: burn-in then ``train.schedule``, peak `lr`, over
+    ``train.epochs`` epochs of `steps` steps (create it inside the strategy's scope: it
+    holds the time-budget variable).
+
+    Raises:
+        ValueError: ``train.steps_per_execution`` does not divide `steps`
+            (`check_steps_per_execution`).
+    """
+    check_steps_per_execution(train, steps)
+    return DarknetSchedule(
+        base_lr=lr,
+        total_steps=steps * train.epochs,
+        warmup_steps=int(train.warmup_epochs * steps),
+        schedule=train.schedule,
+        final_fraction=train.final_lr_fraction,
+        power=train.warmup_power,
+        decay_steps=[int(round(epoch * steps)) for epoch in train.steps],
+        factor=train.step_factor,
+    )
+
+
+def make_optimizer(train: TrainConfig, lr=None) -> keras.optimizers.Optimizer:
+    """The configured optimiser.
+
+    Args:
+        train: TrainConfig.
+        lr: float, LearningRateSchedule or None. The learning rate (the run passes its
+            `make_schedule`, evaluated inside the train step). Defaults to ``train.lr``.
+
+    SGD (darknet's) and AdamW decay the conv kernels only, not BatchNorm or biases.
+    """
+    lr = train.lr if lr is None else lr
+    common = {
+        "global_clipnorm": train.clip_norm or None,
+        "use_ema": train.ema_momentum > 0,
+        "ema_momentum": train.ema_momentum or 0.99,
+    }
+    if train.optimizer == "adam":
+        return keras.optimizers.Adam(lr, **common)
+    if train.optimizer == "sgd":
+        decay = {"momentum": train.momentum, "weight_decay": train.weight_decay}
+        optimizer = keras.optimizers.SGD(lr, **decay, **common)
+    else:
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=train.weight_decay, **common)
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def make_training_model(cfg: Config, inference: keras.Model, lr) -> keras.Model:
+    """The inference model wrapped with the loss layer, compiled with the identity loss,
+    ``train.jit_compile`` and ``train.steps_per_execution`` (call it inside the
+    strategy's scope; `lr` as `make_optimizer`'s). ``jit_compile: auto`` is resolved for
+    the current strategy and devices (`detector.engine.devices.resolve_jit_compile`; ``run``
+    passes it resolved already). Under ``mixed_float16`` Keras wraps the optimiser in a
+    ``LossScaleOptimizer`` itself."""
+    import tensorflow as tf
+
+    head = inference.get_layer("yolo_head")
+    loss = make_loss(cfg.loss, anchors=head.anchors, num_classes=len(head.class_names))
+    model = build_training_model(inference, loss, cfg.data.max_boxes)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    jit, _ = resolve_jit_compile(cfg.train.jit_compile, replicas, gpus)
+    model.compile(
+        optimizer=make_optimizer(cfg.train, lr),
+        loss=identity_loss,
+        jit_compile=jit,
+        steps_per_execution=cfg.train.steps_per_execution,
+    )
+    return model
+
+
+def make_train_input(cfg: Config, train: Dataset, plan: RunPlan) -> TrainInput:
+    """The training pipeline's inputs, starting where the plan's epochs left the stream."""
+    data = cfg.data
+    return TrainInput(
+        records=train.records,
+        input_size=cfg.model.input_size,
+        anchors=plan.anchors,
+        batch_size=data.batch_size,
+        max_boxes=data.max_boxes,
+        make_augmenter=lambda: make_augmenter(data),
+        seed=cfg.train.seed,
+        parallel_calls=data.workers,  # -1 = AUTOTUNE
+        iou_thresh=cfg.loss.iou_thresh,
+        letterbox=data.letterbox,
+        multiscale=tuple(data.multiscale) or None,
+        multiscale_every=data.multiscale_every,
+        start_step=plan.done * plan.steps,
+        cache_mb=data.cache_mb,
+        mosaic=data.mosaic,
+        mixup=data.mixup,
+        mosaic_until=_mosaic_until(cfg, plan),
+        mosaic_switch=plan.mosaic_switch,
+    )
+
+
+def _mosaic_until(cfg: Config, plan: RunPlan) -> int | None:
+    """Stream position where ``train.close_mosaic`` turns mosaic off: the last N epochs
+    (>= 1), or without a time budget the last fraction of the epochs (< 1); None when it
+    never does or the time budget decides (`CloseMosaic`)."""
+    close, train = cfg.train.close_mosaic, cfg.train
+    if close <= 0 or (close < 1 and train.max_minutes > 0):
+        return None
+    epochs = train.epochs - close if close >= 1 else train.epochs * (1 - close)
+    return max(0, round(epochs * plan.steps)) * cfg.data.batch_size
+
+
+def make_datasets(spec: TrainInput, cluster: Cluster):
+    """The training stream: one pipeline per worker, each reading its own slice of every
+    global batch (multi-worker), else one pipeline whose batches Keras splits."""
+    if not cluster.multi_worker:
+        return make_train_dataset(spec)
+
+    def per_worker(ctx):
+        replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        shard = (ctx.num_input_pipelines, ctx.input_pipeline_id)
+        return make_train_dataset(spec, shard=shard, replicas_per_pipeline=replicas)
+
+    return cluster.strategy.distribute_datasets_from_function(per_worker)
+
+
+@dataclasses.dataclass
+class RunCallbacks:
+    """The ordered callbacks of `fit`, and the ones the caller asks after it.
+
+    Attributes:
+        callbacks: list of keras Callback. In the order of `make_callbacks`.
+        budget: TimeBudget. best: BestCocoAP or None (non-chief workers).
+        chief_only: ChiefOnly or None (multi-worker chief). sync_stop: SyncStop or None.
+    """
+
+    callbacks: list
+    budget: TimeBudget
+    best: BestCocoAP | None = None
+    chief_only: ChiefOnly | None = None
+    sync_stop: SyncStop | None = None
+
+    def chief_failed(self) -> bool:
+        """Whether a chief-only callback failed (multi-worker; `SyncStop` asks)."""
+        return bool(self.chief_only and self.chief_only.error)
+
+    def state_extras(self) -> dict:
+        """What `RunState` saves beside the weights: the best AP, the evaluations since it
+        and the time spent."""
+        best, stale = (self.best.best_ap, self.best.stale) if self.best else (-1.0, 0)
+        return {"best_ap": best, "stale": stale, "seconds": self.budget.spent()}
+
+
+def make_callbacks(
+    cfg: Config,
+    *,
+    plan: RunPlan,
+    cluster: Cluster,
+    inference,
+    val,
+    coco_gt,
+    start: float,
+    schedule: DarknetSchedule,
+) -> RunCallbacks:
+    """The run's callbacks, in an order that matters (Keras calls them in list order).
+    `schedule` is the optimiser's (`make_schedule`): TimeBudget writes the share of the
+    budget spent into it, LearningRateCallback reads the lr from it.
+
+    1. NonFiniteGuard first: it raises at a bad batch before any callback sees the epoch.
+    2. LearningRateCallback: its epoch-end ``lr`` must be in the logs before MetricsCSV
+       and TensorBoard write them.
+    3. TimeBudget before BestCocoAP: a spent budget sets ``stop_training`` at the epoch
+       end first, so that epoch's evaluation is the final one.
+    4. The chief's own (BestCocoAP → SaveLast → MetricsCSV): the CSV row needs the AP
+       BestCocoAP puts in the logs. In a multi-worker run they sit inside ChiefOnly, so an
+       error in them stops every worker at the epoch end instead of stranding them.
+    5. TensorBoard after everything that adds to the logs. With ``eval.async`` MetricsCSV
+       and TensorBoard sit inside BestCocoAP's ``LateLogs`` (at MetricsCSV's place),
+       which hands them each epoch's logs once its AP is known.
+    6. SyncStop (multi-worker) after every callback that may stop training.
+    7. RunState last: the state is saved once everything else is done with the epoch
+       (best AP and time spent included).
+    """
+    train = cfg.train
+    sync = cluster.all_max if cluster.multi_worker else None
+    budget = TimeBudget(
+        train.max_minutes,
+        start,
+        spent_before=plan.spent,
+        sync=sync,
+        share=schedule.time_fraction,
+    )
+    out = RunCallbacks([NonFiniteGuard(), LearningRateCallback(schedule), budget], budget)
+    if 0 < train.close_mosaic < 1 and train.max_minutes > 0:
+        out.callbacks.append(
+            CloseMosaic(plan.mosaic_switch, budget, train.close_mosaic, train.epochs)
+        )
+    if cluster.is_chief:
+        out.best, chief = _chief_callbacks(cfg, plan, inference, val, coco_gt)
+        if cluster.multi_worker:
+            out.chief_only = ChiefOnly(chief)
+            chief = [out.chief_only]
+        out.callbacks += chief
+    tensorboard = keras.callbacks.TensorBoard(
+        os.path.join(plan.write_dir, "tensorboard"), write_graph=False
+    )
+    if out.best is not None and out.best.late_logs is not None:
+        out.best.late_logs.callbacks.append(tensorboard)  # eval.async: with the epoch's AP
+    else:
+        out.callbacks.append(tensorboard)
+    if sync is not None:
+        out.sync_stop = SyncStop(cluster.all_max, failed=out.chief_failed)
+        out.callbacks.append(out.sync_stop)
+    state = RunState(
+        plan.run_dir, write_dir=plan.write_dir, restore=plan.resume, extras=out.state_extras
+    )
+    out.callbacks.append(state)
+    return out
+
+
+def _chief_callbacks(cfg: Config, plan: RunPlan, inference, val, coco_gt):
+    """(BestCocoAP, [BestCocoAP, SaveLast, MetricsCSV]): evaluation and the run
+    directory's files, the chief's alone."""
+    run_dir = plan.run_dir
+    eval_copy = EvalCopy(inference)
+    best = BestCocoAP(
+        eval_copy,
+        val,
+        coco_gt,
+        run_dir,
+        cfg.eval.is_eval_epoch,
+        best_ap=plan.best_ap,
+        stale=plan.stale,
+        patience=cfg.train.patience,
+        image_dir=os.path.join(run_dir, "tensorboard", "images"),
+        background=cfg.eval.async_,
+        cache_mb=cfg.eval.cache_mb,
+        **eval_kwargs(cfg.eval),
+    )
+    csv = MetricsCSV(
+        os.path.join(run_dir, "metrics.csv"),
+        ["lr", "loss", *TERMS, *STAT_NAMES],
+        plot_path=os.path.join(run_dir, "curves.png"),
+    )
+    if best.late_logs is not None:  # eval.async: the row waits for its epoch's AP
+        best.late_logs.callbacks.append(csv)
+        csv = best.late_logs
+    return best, [best, SaveLast(eval_copy, os.path.join(run_dir, "last.keras")), csv]

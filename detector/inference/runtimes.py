@@ -1,0 +1,333 @@
+"""One interface over every form a trained detector takes: ``.keras``, an exported
+SavedModel folder, ``.tflite`` and ``.onnx``.
+
+A `Runtime` runs a batch of network-input images and returns the NMS outputs in one
+layout, whatever executes them; `detector.inference.detector.Detector` and evaluation build on it.
+
+Units: ``forward`` takes images (B, S, S, 3) of input pixels 0..255 (already resized or
+letterboxed to S, as `detector.data.augment.resize` makes them; float32 or uint8) and
+returns ``(boxes, scores, classes, valid)``: boxes (B, K, 4) float32 xyxy normalised to
+the network input (0..1), scores (B, K) float32, classes (B, K) int32 contiguous class
+indices, valid (B,) int32 — the first ``valid[i]`` rows of image i are detections, in
+decreasing score.
+"""
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+METADATA_VERSION = 1
+
+
+@dataclass
+class Metadata:
+    """What using a detector needs beside its weights; saved as JSON beside an export.
+
+    Attributes:
+        names: list of str. Class names, index = contiguous class index.
+        category_ids: list of int. The dataset's own id of each class (COCO results).
+        input_size: int. Side of the square network input, pixels.
+        letterbox: bool. Images are letterboxed (else plainly resized) to the input.
+        anchors: list of [w, h]. In grid cells.
+        nms: bool. Decoding and NMS are inside the artifact (else it returns the raw grid).
+        score_threshold, iou_threshold: float. NMS settings baked into an artifact with
+            NMS inside (a lower score can be filtered later, not a different IoU).
+        max_detections: int. Detections per image an artifact with NMS returns.
+        format: str. "keras", "saved_model", "tflite" or "onnx".
+        quantization: str. "float32", "float16" or "int8".
+        source: str. The checkpoint it was exported from.
+    """
+
+    names: list
+    category_ids: list
+    input_size: int
+    letterbox: bool
+    anchors: list
+    nms: bool = True
+    score_threshold: float = 0.005
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+    format: str = "keras"
+    quantization: str = "float32"
+    source: str = ""
+    version: int = METADATA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def of_model(cls, model, **settings) -> "Metadata":
+        """The metadata a Keras inference model carries in its ``yolo_head``."""
+        head = model.get_layer("yolo_head")
+        return cls(
+            names=list(head.class_names),
+            category_ids=list(head.category_ids),
+            input_size=int(head.input_size),
+            letterbox=bool(head.letterbox),
+            anchors=[list(a) for a in head.anchors],
+            **settings,
+        )
+
+    def save(self, path: str) -> None:
+        """Writes the metadata as JSON (atomically)."""
+        from detector.utils.atomic import atomic_write_json
+
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str) -> "Metadata":
+        """Reads a metadata JSON; a missing or malformed file is a ValueError naming it."""
+        if not os.path.isfile(path):
+            raise ValueError(f"no metadata beside the exported model: {path} not found")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            return cls(**data)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: not a detector metadata file ({error})") from None
+
+
+def metadata_path(artifact: str) -> str:
+    """Where an artifact's metadata lives: ``DIR/metadata.json`` for a SavedModel folder,
+    ``FILE.metadata.json`` beside a file."""
+    if os.path.isdir(artifact):
+        return os.path.join(artifact, "metadata.json")
+    return artifact + ".metadata.json"
+
+
+@dataclass
+class Runtime:
+    """A loaded detector: `forward` (see the module docstring) and its `metadata`.
+
+    Attributes:
+        forward: callable(images) -> (boxes, scores, classes, valid) numpy arrays.
+        metadata: Metadata.
+        batch_size: int or None. A fixed batch the artifact needs (None = any).
+    """
+
+    forward: Callable
+    metadata: Metadata
+    batch_size: int | None = None
+
+    def __call__(self, images) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`forward` over any number of images (split into the fixed batch if there is)."""
+        size = self.batch_size
+        if size is None or len(images) == size:
+            return tuple(np.asarray(t) for t in self.forward(images))
+        images, parts = np.asarray(images), []
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            n = len(chunk)
+            if n < size:  # the last chunk is padded to the fixed batch, the padding dropped
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
+            parts.append([np.asarray(t)[:n] for t in self.forward(chunk)])
+        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+
+
+def keras_runtime(model, score_threshold=0.005, iou_threshold=0.45, max_detections=100):
+    """A Runtime over a Keras inference model (compiled forward, decode, NMS)."""
+    from detector.inference.forward import make_predict_fn
+
+    predict = make_predict_fn(model, score_threshold, iou_threshold, max_detections)
+    settings = {
+        "score_threshold": score_threshold,
+        "iou_threshold": iou_threshold,
+        "max_detections": max_detections,
+    }
+
+    def forward(images):
+        import tensorflow as tf
+
+        return [t.numpy() for t in predict(tf.cast(images, tf.float32))]
+
+    return Runtime(forward, Metadata.of_model(model, **settings))
+
+
+def load_keras(path: str):
+    """``keras.models.load_model(path, safe_mode=True)`` with the custom layers
+    registered; a file that is not a loadable checkpoint is a ValueError naming it."""
+    import zipfile
+
+    import keras
+
+    import detector.model.layers  # noqa: F401  (registers the custom layers)
+
+    if not zipfile.is_zipfile(path):  # Keras would say "file not found"
+        raise ValueError(f"{path}: not a loadable .keras checkpoint (not a zip archive)")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path}: not a loadable .keras checkpoint ({type(error).__name__})"
+        ) from None
+
+
+def load_runtime(path: str, **settings) -> Runtime:
+    """The Runtime of a ``.keras`` checkpoint, an exported SavedModel folder, a
+    ``.tflite`` or an ``.onnx`` file (their metadata beside them).
+
+    ``settings`` (score_threshold, iou_threshold, max_detections) apply to ``.keras`` and
+    to exports without NMS inside. An export with NMS inside honours a higher score
+    threshold and fewer detections (filtering its output gives exactly what NMS with
+    them would), and rejects any other change with a ValueError."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"model not found: {path}")
+    if path.endswith(".keras"):
+        return keras_runtime(load_keras(path), **settings)
+    loaders = {".tflite": _tflite_call, ".onnx": _onnx_call}
+    suffix = os.path.splitext(path)[1]
+    if os.path.isdir(path):
+        loader = _saved_model_call
+    elif suffix in loaders:
+        loader = loaders[suffix]
+    else:
+        raise ValueError(f"{path}: not a .keras checkpoint, SavedModel folder, .tflite or .onnx")
+    metadata = Metadata.load(metadata_path(path))
+    call, batch_size = loader(path)
+    try:
+        return exported_runtime(call, metadata, batch_size, **settings)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def exported_runtime(
+    call: Callable, metadata: Metadata, batch_size: int | None = None, **settings
+) -> Runtime:
+    """A Runtime over an export's ``call``: uint8 images (B, S, S, 3) -> its outputs by
+    name (``detection_*``/``num_detections`` with NMS inside, else ``raw_grid``), numpy.
+
+    Converts the detection layout back to the Runtime's (xyxy, int classes and counts);
+    decodes and runs NMS itself (`detector.model.postprocess`) on a raw grid."""
+    if metadata.nms:
+        metadata = _filtered_metadata(metadata, settings)
+        keep = metadata.score_threshold, metadata.max_detections
+
+        def forward(images):
+            return _filter(*from_detection_layout(call(as_uint8(images))), *keep)
+
+        return Runtime(forward, metadata, batch_size)
+    postprocess = _make_postprocess_fn(metadata.anchors, **settings)
+    metadata = replace(metadata, **_resolved_settings(metadata, settings))
+
+    def forward(images):
+        return [t.numpy() for t in postprocess(call(as_uint8(images))["raw_grid"])]
+
+    return Runtime(forward, metadata, batch_size)
+
+
+def as_uint8(images) -> np.ndarray:
+    """Input pixels 0..255 (float or uint8) as the uint8 batch exports take."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+
+
+def from_detection_layout(outputs: dict) -> tuple[np.ndarray, ...]:
+    """An export's detection outputs (boxes ymin, xmin, ymax, xmax; float classes and
+    counts) in the Runtime layout: boxes xyxy float32, scores float32, classes int32,
+    valid int32."""
+    boxes = np.asarray(outputs["detection_boxes"], np.float32)[..., [1, 0, 3, 2]]
+    scores = np.asarray(outputs["detection_scores"], np.float32)
+    classes = np.rint(outputs["detection_classes"]).astype(np.int32)
+    valid = np.rint(outputs["num_detections"]).astype(np.int32).reshape(-1)
+    return boxes, scores, classes, valid
+
+
+def _resolved_settings(metadata: Metadata, settings: dict) -> dict:
+    names = ("score_threshold", "iou_threshold", "max_detections")
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise ValueError(f"load_runtime: unknown settings {unknown}; expected some of {names}")
+    return {name: settings.get(name, getattr(metadata, name)) for name in names}
+
+
+def _filtered_metadata(metadata: Metadata, settings: dict) -> Metadata:
+    """The metadata of an export with NMS inside, read with `settings` (see load_runtime)."""
+    wanted = _resolved_settings(metadata, settings)
+    if (
+        abs(wanted["iou_threshold"] - metadata.iou_threshold) > 1e-9
+        or wanted["score_threshold"] < metadata.score_threshold
+        or wanted["max_detections"] > metadata.max_detections
+    ):
+        raise ValueError(
+            f"the export has NMS inside with iou_threshold {metadata.iou_threshold}, "
+            f"score_threshold {metadata.score_threshold} and max_detections "
+            f"{metadata.max_detections}: it cannot give {wanted} (export it again with "
+            "these settings, or with --no-nms)"
+        )
+    return replace(metadata, **wanted)
+
+
+def _filter(boxes, scores, classes, valid, score_threshold, max_detections):
+    """Drops detections scoring at most `score_threshold` and all past `max_detections`
+    (rows stay in decreasing score, the rest zero-padded)."""
+    keep = (scores > score_threshold) & (np.arange(scores.shape[1]) < valid[:, None])
+    keep[:, max_detections:] = False
+    return (
+        (boxes * keep[..., None])[:, :max_detections],
+        (scores * keep)[:, :max_detections],
+        (classes * keep)[:, :max_detections],
+        keep.sum(axis=1).astype(np.int32),
+    )
+
+
+def _make_postprocess_fn(anchors, score_threshold=0.005, iou_threshold=0.45, max_detections=100):
+    """Compiled decode + NMS of a raw grid (B, S, S, A, 5 + C) -> the Runtime layout."""
+    import tensorflow as tf
+
+    from detector.model.postprocess import decode, nms
+
+    anchors = tf.constant(anchors, tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def postprocess(raw):
+        boxes, scores = decode(raw, anchors)
+        return nms(boxes, scores, score_threshold, iou_threshold, max_detections)
+
+    return postprocess
+
+
+def _saved_model_call(path: str) -> tuple[Callable, int | None]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    batch = loaded.signatures["serving_default"].structured_input_signature[1]["images"].shape[0]
+
+    def call(images):  # keeps `loaded` alive: its signature needs its variables
+        outputs = loaded.signatures["serving_default"](images=tf.constant(images))
+        return {name: t.numpy() for name, t in outputs.items()}
+
+    return call, batch
+
+
+def _tflite_call(path: str) -> tuple[Callable, int | None]:
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=path, num_threads=os.cpu_count())
+    runner = interpreter.get_signature_runner("serving_default")
+    batch = int(runner.get_input_details()["images"]["shape_signature"][0])
+
+    def call(images):
+        return runner(images=images)
+
+    return call, (batch if batch > 0 else None)
+
+
+def _onnx_call(path: str) -> tuple[Callable, int | None]:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ValueError(
+            f"{path}: running ONNX needs onnxruntime: pip install -e '.[export]'"
+        ) from None
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    batch = session.get_inputs()[0].shape[0]
+
+    def call(images):
+        return dict(zip(names, session.run(names, {"images": images}), strict=True))
+
+    return call, (batch if isinstance(batch, int) and batch > 0 else None)
