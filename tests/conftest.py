@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from detector.data.spec import load_dataset
-from tests.data_helpers import synthetic_spec
+from tests.helpers.data import synthetic_spec
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ from detector.data.records import Dataset
 from detector.data.spec import SPLITS, load_dataset, load_spec, overlap_warning, split_overlap
 from detector.data.synthetic import make_synthetic
 from detector.data.tfrecord import pack_split
+from detector.engine.build import make_augmenter
 from detector.model.anchors import box_shapes, kmeans_anchors, mean_best_iou
 from detector.model.grid import STRIDE
 from detector.utils.atomic import atomic_write_json, atomic_write_text
@@ -92,7 +93,9 @@ def check(args: argparse.Namespace) -> int:
         written = [
             plot_class_histogram(datasets, os.path.join(args.plots, "classes.png")),
             plot_box_shapes(train, cfg, os.path.join(args.plots, "box_shapes.png")),
-            plot_augmented(train, cfg, os.path.join(args.plots, "augmented.png")),
+            plot_augmented(
+                train, cfg, make_augmenter(cfg.data), os.path.join(args.plots, "augmented.png")
+            ),
         ]
         print("wrote " + ", ".join(written))
     return 0

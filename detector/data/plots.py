@@ -70,14 +70,15 @@ def plot_box_shapes(dataset: Dataset, cfg, path: str) -> str:
     return path
 
 
-def plot_augmented(dataset: Dataset, cfg, path: str, count: int = 16, seed: int = 0) -> str:
-    """A grid of training samples as the pipeline makes them (mosaic and mixup included
-    with ``data.mosaic`` / ``data.mixup`` > 0, record lists only), boxes and classes drawn."""
+def plot_augmented(
+    dataset: Dataset, cfg, augmenter, path: str, count: int = 16, seed: int = 0
+) -> str:
+    """A grid of training samples as the pipeline makes them with `augmenter` (the run's,
+    ``engine.build.make_augmenter``; mosaic and mixup included with ``data.mosaic`` /
+    ``data.mixup`` > 0, record lists only), boxes and classes drawn."""
     from detector.data.augment import prepare_example
     from detector.data.mosaic import ExampleMaker
-    from detector.engine.build import make_augmenter
 
-    augmenter = make_augmenter(cfg.data)
     d, size = cfg.data, cfg.model.input_size
     maker = None
     if not dataset.records.packed:

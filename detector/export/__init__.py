@@ -106,7 +106,7 @@ def export(
 def load_float32(checkpoint: str) -> keras.Model:
     """The checkpoint's inference model computing in float32 (a checkpoint saved under a
     mixed-precision policy is rebuilt in float32 with the same weights)."""
-    from detector.engine.callbacks.checkpoints import float32_config
+    from detector.model.network import float32_config
 
     model = load_keras(checkpoint)
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):

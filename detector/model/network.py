@@ -237,3 +237,16 @@ def freeze_layers(model: keras.Model, freeze: int | str) -> int:
         for name in (f"conv_{k}", f"bn_{k}"):
             model.get_layer(name).trainable = False
     return count
+
+
+def float32_config(config):
+    """A model config with every layer's dtype policy replaced by float32.
+
+    Under a mixed-precision policy the variables are float32 already, so weights copy
+    over unchanged; the evaluation model and the checkpoints it writes compute in float32.
+    """
+    if isinstance(config, dict):
+        return {k: "float32" if k == "dtype" else float32_config(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [float32_config(v) for v in config]
+    return config

@@ -19,6 +19,7 @@ import numpy as np
 
 from detector.evaluation.coco import STAT_NAMES, EvalImages, evaluate_model
 from detector.inference.detector import draw_predictions, make_predict_fn
+from detector.model.network import float32_config
 from detector.utils.atomic import atomic_save, atomic_write_json
 
 
@@ -41,19 +42,6 @@ def ema_weights(inference_model, optimizer) -> list[np.ndarray]:
         )
         averages = {id(var): avg for var, avg in pairs if avg is not None}
     return [np.asarray(averages.get(id(v), v)) for v in inference_model.weights]
-
-
-def float32_config(config):
-    """A model config with every layer's dtype policy replaced by float32.
-
-    Under a mixed-precision policy the variables are float32 already, so weights copy
-    over unchanged; the evaluation model and the checkpoints it writes compute in float32.
-    """
-    if isinstance(config, dict):
-        return {k: "float32" if k == "dtype" else float32_config(v) for k, v in config.items()}
-    if isinstance(config, list):
-        return [float32_config(v) for v in config]
-    return config
 
 
 class EvalCopy:
