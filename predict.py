@@ -2,7 +2,8 @@
 
 import sys
 
+from detector.__main__ import take_verbose
 from detector.cli.predict import predict_main
 
 if __name__ == "__main__":
-    sys.exit(predict_main())
+    sys.exit(predict_main(take_verbose(sys.argv[1:])))

@@ -1,12 +1,24 @@
 """A YOLOv2-style object detector trained with TensorFlow 2 / Keras 3.
 
-Importing the package registers every custom Keras layer and function (`detector.model.layers`,
-`detector.model.loss`), so ``keras.models.load_model(path, safe_mode=True)`` loads a checkpoint
-after ``import detector``; `Detector` is the prediction API (`detector.inference.detector`).
+Importing the package registers every custom Keras layer and function
+(`detector.model.layers`, `detector.model.loss`), so ``keras.models.load_model(path,
+safe_mode=True)`` loads a checkpoint after ``import detector``; `Detector` is the
+prediction API (`detector.inference.detector`).
+
+TensorFlow's native start-up lines (no CUDA driver, oneDNN) are held back while the
+package starts it and summed up in the device report instead
+(`detector.utils.native_log`; ``DETECTOR_VERBOSE=1`` shows them).
 """
 
-from detector.inference.detector import Detector
-from detector.inference.results import Result
-from detector.model import layers, loss  # noqa: F401  (registers the custom Keras objects)
+from detector.utils.native_log import hold_native_stderr
+
+with hold_native_stderr():  # the lines come from C++ at import and at the first device query
+    import tensorflow as _tf
+
+    _tf.config.list_physical_devices("GPU")
+
+from detector.inference.detector import Detector  # noqa: E402
+from detector.inference.results import Result  # noqa: E402
+from detector.model import layers, loss  # noqa: E402, F401  (registers the custom Keras objects)
 
 __all__ = ["Detector", "Result"]

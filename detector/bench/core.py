@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from detector.bench.pipeline import pipeline_alone, pipeline_cpu_timings
+from detector.config.schema import DEFAULT_CONFIG
 
 TARGETS = {
     "pipeline_ratio": (">=", 0.95),
@@ -371,7 +372,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m detector.bench", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--quick", action="store_true", help="a few steps of each (smoke run)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

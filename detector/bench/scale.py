@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from detector.config.schema import DEFAULT_CONFIG
+
 
 def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
     """Seconds per step on one device vs mirrored on 2 logical CPU devices (same global
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("mirrored", help="per-step overhead of MirroredStrategy, 2 CPU devices")
-    p.add_argument("--config", default="configs/default.yaml")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json")

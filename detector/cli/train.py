@@ -6,9 +6,7 @@ import argparse
 import os
 import sys
 
-from detector.config.schema import load_config
-
-DEFAULT_CONFIG = "configs/default.yaml"
+from detector.config.schema import DEFAULT_CONFIG, load_config
 
 
 class Parser(argparse.ArgumentParser):

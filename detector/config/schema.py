@@ -1,5 +1,9 @@
 """Typed experiment configuration: nested dataclasses, YAML loading, overrides, validation.
 
+The dataclass defaults are the embedded default experiment, `DEFAULT_CONFIG` (the packaged
+``detector/config/default.yaml``, which lists them with the reasons; a test keeps the two
+equal): a config file says what it changes. Every key: docs/config.md.
+
 A config is one `Config` holding one dataclass per section. `load_config` starts from the
 dataclass defaults, merges a YAML file, applies `section.key=value` overrides, then checks
 every value's type (driven by the field annotations) and range. Errors are `ValueError`s
@@ -33,9 +37,9 @@ class ModelConfig:
     `init_weights`: start from a .keras checkpoint or a darknet .weights / .conv.N file
     (layers matched by name and shape; partial files allowed); "" = random init."""
 
-    variant: str = "darknet19"
-    width: float = 1.0
-    input_size: int = 416
+    variant: str = "tiny"
+    width: float = 0.5
+    input_size: int = 320
     anchors: list[list[float]] | str = "auto"
     num_anchors: int = 5
     init_weights: str = ""
@@ -57,22 +61,22 @@ class DataConfig:
     decoded (counted as `image_too_large`); at most Pillow's decompression-bomb limit,
     89 478 485, the default, which prediction and the input pipeline also apply."""
 
-    spec: str = "configs/data/synthetic.yaml"
-    batch_size: int = 16
+    spec: str = "synthetic"
+    batch_size: int = 8
     workers: int = -1
     max_boxes: int = 100
     hflip: float = 0.5
-    scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
-    translate: float = 0.2
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    translate: float = 0.1
     hue: float = 0.1
     saturation: float = 1.5
     exposure: float = 1.5
     min_visibility: float = 0.3
     letterbox: bool = False
-    multiscale: list[int] = field(default_factory=list)
+    multiscale: list[int] = field(default_factory=lambda: [256, 384])
     multiscale_every: int = 10
     cache_mb: float = 2048.0
-    mosaic: float = 0.0
+    mosaic: float = 1.0
     mixup: float = 0.0
     max_pixels: int = MAX_PIXELS
 
@@ -84,7 +88,7 @@ class LossConfig:
     `box`: the coordinate term, "mse" (darknet's) or "ciou" (1 - complete IoU, YOLOv4).
     `xla`: the loss terms compiled by XLA inside the step (see `YoloLoss`)."""
 
-    coord_scale: float = 1.0
+    coord_scale: float = 3.0
     object_scale: float = 5.0
     noobject_scale: float = 1.0
     class_scale: float = 1.0
@@ -92,8 +96,8 @@ class LossConfig:
     rescore: bool = True
     warmup_images: int = 12800
     prior_scale: float = 0.01
-    objectness: str = "mse"
-    iou_thresh: float = 1.0
+    objectness: str = "bce"
+    iou_thresh: float = 0.213
     box: str = "mse"
     xla: bool = True
 
@@ -129,9 +133,9 @@ class TrainConfig:
     the last fraction of the wall-clock budget (`max_minutes`) when < 1; 0 = never.
     """
 
-    epochs: int = 100
+    epochs: int = 1000
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 0.004
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
@@ -142,7 +146,7 @@ class TrainConfig:
     step_factor: float = 0.1
     clip_norm: float = 0.0
     ema_momentum: float = 0.0
-    max_minutes: float = 0.0
+    max_minutes: float = 12.0
     patience: int = 0
     seed: int = 0
     precision: str = "auto"
@@ -153,7 +157,7 @@ class TrainConfig:
     scale_lr: bool = False
     sync_batchnorm: bool = False
     freeze: int | str = 0
-    close_mosaic: float = 0.0
+    close_mosaic: float = 0.1
     run_dir: str = "runs/default"
 
 
@@ -201,6 +205,7 @@ class Config:
 
 
 _SECTIONS: dict[str, type] = get_type_hints(Config)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.yaml")
 
 
 def _yaml_key(field_name: str) -> str:

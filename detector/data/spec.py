@@ -54,6 +54,8 @@ from detector.data.spec_checks import (
     read_text,
     read_yaml,
     reject_unknown,
+    resolve_spec_path,
+    spec_folder,
 )
 from detector.data.synthetic import MIN_IMAGE_SIZE, SHAPES, Style, write_split
 from detector.data.tfrecord import load_packed
@@ -85,7 +87,8 @@ STYLE_RANGES = {"min_side": (2.0, 10_000.0), "max_side": (2.0, 10_000.0), "clutt
 
 def load_spec(path: str) -> dict[str, Any]:
     """Read and check a dataset spec: ours, an Ultralytics dataset YAML or a darknet
-    ``obj.data`` (see the module docstring).
+    ``obj.data`` (see the module docstring); `path` may name a packaged spec
+    (`resolve_spec_path`).
 
     Returns:
         {"path": absolute spec path, "format": str, "layout": "spec" | "ultralytics" |
@@ -94,7 +97,7 @@ def load_spec(path: str) -> dict[str, Any]:
          "sources": folders and list files, "root": dataset root} for the others,
          "synthetic": the generator's parameters (format synthetic only)}.
     """
-    path = os.path.abspath(path)
+    path = resolve_spec_path(path)
     text = read_text(path)
     if is_darknet_data(text, path):
         return darknet_spec(text, path)
@@ -326,7 +329,7 @@ def _names(raw: dict[str, Any], path: str) -> list[str] | None:
     if names is None:
         return None
     if isinstance(names, str):
-        names_file = os.path.normpath(os.path.join(os.path.dirname(path), names))
+        names_file = os.path.normpath(os.path.join(spec_folder(path), names))
         if not os.path.isfile(names_file):
             raise ValueError(f"{path}: names: names file not found: {names_file}")
         return class_names(read_yaml(names_file, "names file").get("names"), names_file)
@@ -337,7 +340,7 @@ def _split_paths(
     raw: Any, keys: tuple[tuple[str, ...], tuple[str, ...]], path: str, split: str
 ) -> dict[str, str]:
     """A split's required and optional keys, each a path resolved against the spec's
-    folder."""
+    folder (`spec_folder`)."""
     required, optional = keys
     raw = mapping(raw, path, split)
     reject_unknown(raw, required + optional, path, f"{split}.")
@@ -347,7 +350,7 @@ def _split_paths(
         if not isinstance(value, str) or not value:
             got = "missing" if value is None else "expected a path"
             raise ValueError(f"{path}: {split}.{key}: {got}")
-        paths[key] = os.path.normpath(os.path.join(os.path.dirname(path), value))
+        paths[key] = os.path.normpath(os.path.join(spec_folder(path), value))
     return paths
 
 

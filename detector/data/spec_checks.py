@@ -101,3 +101,24 @@ def resolve(value: Any, bases: list[str], path: str, key: str) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The specs the package ships (detector/data/specs/NAME.yaml), by name: ``--data synthetic``.
+PACKAGED_SPECS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
+
+
+def resolve_spec_path(path: str) -> str:
+    """The absolute path of spec `path`: a file, else a packaged spec's name ("synthetic",
+    "synthetic.yaml") when no such file exists, else `path` (its reader names it)."""
+    if not os.path.exists(path) and os.sep not in path:
+        packaged = os.path.join(PACKAGED_SPECS, path.removesuffix(".yaml") + ".yaml")
+        if os.path.isfile(packaged):
+            return packaged
+    return os.path.abspath(path)
+
+
+def spec_folder(path: str) -> str:
+    """What a spec's relative paths are relative to: its own folder, except for a packaged
+    spec (inside the installed package), whose data goes under the working directory."""
+    folder = os.path.dirname(path)
+    return os.getcwd() if folder == PACKAGED_SPECS else folder

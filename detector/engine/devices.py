@@ -11,12 +11,18 @@ silently fell back to the CPU or to float32 is seen at once.
 def describe_devices() -> str:
     """The GPUs this process sees, e.g. "GPU x2 (NVIDIA A100-SXM4-40GB, NVIDIA
     A100-SXM4-40GB)", or "CPU only" (for the run's first lines: a job that silently
-    fell back to the CPU is seen at once)."""
+    fell back to the CPU is seen at once), with what TensorFlow's held-back start-up
+    lines meant, e.g. "CPU only (no CUDA driver; oneDNN on)" (`native_log.notes`)."""
     import tensorflow as tf
+
+    from detector.utils.native_log import notes
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        return "CPU only"
+        said = notes()
+        if "no CUDA driver" in said:  # then cuInit's failure says nothing more
+            said = [note for note in said if note != "no CUDA device"]
+        return "CPU only" + (f" ({'; '.join(said)})" if said else "")
     names = [tf.config.experimental.get_device_details(gpu).get("device_name") for gpu in gpus]
     names = [name or gpu.name for name, gpu in zip(names, gpus, strict=True)]
     return f"GPU x{len(gpus)} ({', '.join(names)})"

@@ -1,12 +1,14 @@
 """Tests of detector.config.schema: defaults, YAML merge, overrides, type and value checks, round
 trip."""
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from detector.config.schema import (
+    DEFAULT_CONFIG,
     PUBLISHED_ANCHORS,
     Config,
     EvalConfig,
@@ -25,16 +27,28 @@ def _write(tmp_path: Path, data: object) -> Path:
 def test_defaults_load_equal_dataclass_defaults() -> None:
     cfg = load_config()
     assert cfg == Config()
-    assert cfg.model.input_size == 416
-    assert cfg.data.scale == [0.75, 1.25]
-    assert cfg.data.multiscale == []
+    assert cfg.model.input_size == 320
+    assert cfg.data.scale == [0.9, 1.1]
+    assert cfg.data.multiscale == [256, 384]
     assert cfg.loss.ignore_thresh == 0.6
+
+
+def test_the_packaged_default_experiment_is_the_dataclass_defaults() -> None:
+    # One source of defaults: the embedded default run (the packaged default.yaml, which
+    # configs/default.yaml links to) sets every key it names to its dataclass default.
+    assert load_config(DEFAULT_CONFIG) == Config()
+    raw = yaml.safe_load(Path(DEFAULT_CONFIG).read_text(encoding="utf-8"))
+    assert raw["model"]["variant"] == Config().model.variant == "tiny"
+    assert raw["train"]["precision"] == "auto"  # as every other config: the hardware decides
+    repo_copy = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+    assert os.path.samefile(repo_copy, DEFAULT_CONFIG)
 
 
 def test_defaults_are_not_shared_between_instances() -> None:
     first, second = Config(), Config()
     first.data.scale.append(2.0)
-    assert second.data.scale == [0.75, 1.25]
+    first.data.multiscale.append(512)
+    assert second.data.scale == [0.9, 1.1] and second.data.multiscale == [256, 384]
 
 
 def test_yaml_merges_over_defaults(tmp_path: Path) -> None:
@@ -160,7 +174,7 @@ def test_list_elements_and_unions_are_type_checked() -> None:
         ("data.multiscale=[320]", "'data.multiscale'"),
         ("data.multiscale=[320, 600]", "'data.multiscale'"),
         ("data.multiscale=[608, 320]", "'data.multiscale'"),
-        ("data.multiscale=[448, 608]", "must include model.input_size 416"),
+        ("data.multiscale=[448, 608]", "must include model.input_size 320"),
     ],
 )
 def test_invalid_values_rejected(override: str, message: str) -> None:

@@ -14,6 +14,7 @@ import detector.data
 from detector.data import synthetic
 from detector.data.coco import read_coco
 from detector.data.spec import load_annotations, load_dataset, load_spec
+from detector.data.spec_checks import PACKAGED_SPECS
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -260,6 +261,19 @@ def _coco_spec(tmp_path, **extra) -> dict:
     (tmp_path / "img").mkdir(exist_ok=True)
     split = {"images": "img", "annotations": "instances.json"}
     return {"format": "coco", "train": split, "val": dict(split), **extra}
+
+
+def test_the_packaged_synthetic_spec_is_found_by_name_and_writes_under_the_cwd(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec("synthetic")
+    assert spec["path"] == os.path.join(PACKAGED_SPECS, "synthetic.yaml")
+    assert spec["train"]["images"] == str(tmp_path / "data" / "synthetic" / "images" / "train")
+    assert load_spec("synthetic.yaml") == spec
+    (tmp_path / "synthetic").write_text("format: coco\n")  # a file of that name wins
+    with pytest.raises(ValueError, match=f"{tmp_path / 'synthetic'}: train: missing"):
+        load_spec("synthetic")
 
 
 def test_spec_resolves_relative_paths_and_reads_coco(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from detector.config.schema import load_config
+from detector.data.mosaic import CloseMosaic
 from detector.data.spec import load_dataset
 from detector.engine.build import RunPlan, make_callbacks, make_schedule
 from detector.engine.callbacks.checkpoints import BestCocoAP, SaveLast
@@ -28,7 +29,7 @@ CLUSTERS = {
     "worker": Cluster("multi_worker", None, num_replicas=2, num_workers=2, worker_index=1),
 }
 CHIEF_OWN = [BestCocoAP, SaveLast, MetricsCSV]
-HEAD = [NonFiniteGuard, LearningRateCallback, TimeBudget]
+HEAD = [NonFiniteGuard, LearningRateCallback, TimeBudget, CloseMosaic]  # the defaults' run
 TB = keras.callbacks.TensorBoard
 EXPECTED = {
     "single": [*HEAD, *CHIEF_OWN, TB, RunState],
@@ -83,7 +84,7 @@ def test_callbacks_membership_and_order(kind, tmp_path):
 @pytest.mark.parametrize("kind", ["single", "chief"])
 def test_best_and_last_share_one_evaluation_copy(kind, tmp_path):
     out, plan = callbacks_for(kind, tmp_path)
-    own = out.chief_only.callbacks if out.chief_only else out.callbacks[3:6]
+    own = out.chief_only.callbacks if out.chief_only else out.callbacks[len(HEAD) : len(HEAD) + 3]
     assert [type(c) for c in own] == CHIEF_OWN
     best, last, csv = own
     assert best is out.best and best.eval_copy is last.eval_copy
@@ -124,6 +125,7 @@ def test_prepare_run_leaves_the_config_alone(tiny_spec, tmp_path):
             f"data.spec={tiny_spec}",
             f"train.run_dir={tmp_path / 'r'}",
             "model.input_size=64",
+            "data.multiscale=[]",
             "data.batch_size=4",
         ]
     )

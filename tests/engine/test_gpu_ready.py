@@ -18,6 +18,7 @@ from detector.engine import devices
 from detector.engine.build import make_schedule, make_training_model
 from detector.engine.callbacks.checkpoints import EvalCopy, ema_weights
 from detector.model.network import build_inference_model
+from detector.utils import native_log
 
 SIZE, CLASSES, ANCHORS, MAX_BOXES = 64, 3, [[1.0, 1.0], [2.0, 2.0]], 4
 
@@ -52,7 +53,9 @@ def fit_tiny(steps: int = 3, batch: int = 2):
     cfg = load_config(
         overrides=[
             "train.ema_momentum=0.9",
+            "model.variant=darknet19",  # the passthrough (SpaceToDepth) under the policy
             f"model.input_size={SIZE}",
+            "data.multiscale=[]",
             f"data.max_boxes={MAX_BOXES}",
             "train.lr=0.01",
         ]
@@ -138,10 +141,16 @@ def test_float16_without_a_gpu_is_refused():
             devices.check_precision("mixed_float16")
 
 
-def test_devices_described_as_cpu_only_here():
+def test_devices_described_as_cpu_only_here_with_what_tensorflow_said(monkeypatch):
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(native_log, "notes", lambda: [])
     assert devices.describe_devices() == "CPU only"
+    said = ["oneDNN on", "no CUDA driver", "no CUDA device"]
+    monkeypatch.setattr(native_log, "notes", lambda: said)
+    assert devices.describe_devices() == "CPU only (oneDNN on; no CUDA driver)"
+    monkeypatch.setattr(native_log, "notes", lambda: ["no CUDA device"])  # a broken driver
+    assert devices.describe_devices() == "CPU only (no CUDA device)"
 
 
 def test_gpus_described_by_name(monkeypatch):
@@ -220,7 +229,9 @@ def test_xla_compiles_the_train_step_on_one_device(monkeypatch):
     jit, _ = devices.resolve_jit_compile("auto", 1, len(tf.config.list_physical_devices("GPU")))
     cfg = load_config(
         overrides=[
+            "model.variant=darknet19",  # the passthrough (SpaceToDepth) under XLA
             f"model.input_size={SIZE}",
+            "data.multiscale=[]",
             f"data.max_boxes={MAX_BOXES}",
             "train.precision=float32",
         ]
@@ -259,7 +270,10 @@ MIRRORED = """
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     print(run_settings("float32", "auto", strategy.num_replicas_in_sync)[2])
-    cfg = load_config(overrides=["model.input_size=64", "data.max_boxes=4"])
+    cfg = load_config(
+        overrides=["model.variant=darknet19", "model.input_size=64", "data.multiscale=[]"]
+        + ["data.max_boxes=4"]
+    )
     with strategy.scope():
         inference = build_inference_model(2, [[1.0, 1.0]], "tiny", 0.125, 64, ["a", "b"])
         model = make_training_model(cfg, inference, make_schedule(cfg.train, lr=0.01, steps=1))
