@@ -65,6 +65,18 @@ def test_a_box_pushed_out_is_dropped_with_its_class():
     assert out_boxes[0, 0] == pytest.approx(0.0, abs=1) and out_boxes[0, 2] < 40
 
 
+def test_a_pixel_only_stage_leaves_the_boxes_alone():
+    stage = AlbumentationsStage([{"name": "OneOf", "transforms": PHOTOMETRIC, "p": 1.0}], 0.3)
+    assert "bboxes" not in stage.compose().processors  # no bbox checks to pay for
+    image, boxes, classes = planted()
+    out, out_boxes, out_classes = stage(image, boxes, classes, np.random.default_rng(1))
+    assert not np.array_equal(out, image)
+    np.testing.assert_array_equal(out_boxes, boxes)
+    np.testing.assert_array_equal(out_classes, classes)
+    spatial = AlbumentationsStage([{"name": "OneOf", "transforms": SPATIAL}], 0.3)
+    assert "bboxes" in spatial.compose().processors
+
+
 def test_one_example_is_the_same_in_any_thread_and_differs_by_seed():
     stage = AlbumentationsStage(SPATIAL + PHOTOMETRIC, 0.3)
     image, boxes, classes = planted()
