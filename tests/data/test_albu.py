@@ -45,6 +45,8 @@ def test_boxes_follow_spatial_transforms_onto_their_coloured_pixels():
         out, out_boxes, out_classes = stage(image, boxes, classes, np.random.default_rng(seed))
         assert out.shape == image.shape and out.dtype == np.uint8
         assert len(out_boxes) == len(out_classes) and set(out_classes) <= {0, 1, 2}
+        assert (out_boxes >= 0).all() and (out_boxes <= 128).all()
+        assert (out_boxes[:, 2:] - out_boxes[:, :2] >= 1).all()  # MIN_BOX_SIDE
         for box, c in zip(out_boxes, out_classes, strict=True):
             mask = np.all(np.abs(out.astype(int) - COLOURS[c]) < 60, axis=-1)
             ys, xs = np.nonzero(mask)
