@@ -12,6 +12,7 @@ from detector.data.pipeline import TrainInput, make_train_dataset
 from tests.data.test_mosaic import augmenter, coloured_records
 
 ANCHORS = [[1.0, 1.0], [2.0, 2.0]]
+COLOUR = {"hue": 0.1, "saturation": 1.5, "exposure": 1.5}  # the colour jitter on, before
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
 SPATIAL = [
     {"name": "HorizontalFlip", "p": 0.5},
@@ -104,7 +105,8 @@ def test_one_example_is_the_same_in_any_thread_and_differs_by_seed():
     assert not np.array_equal(serial[0][0], serial[1][0])
 
 
-def test_a_saved_file_is_the_same_stage_as_the_list(tmp_path):
+def test_a_saved_file_is_the_same_stage_as_the_list(tmp_path, monkeypatch):
+    monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI request at its import
     import albumentations as A
 
     path = tmp_path / "aug.yaml"
@@ -186,3 +188,33 @@ def test_the_config_key_builds_the_stage_and_is_recorded(tmp_path):
     stage = make_augmenter(again.data).stage
     assert isinstance(stage, AlbumentationsStage) and stage.pipeline == cfg.data.albumentations
     assert make_augmenter(load_config("configs/default.yaml").data).stage is None
+
+
+def test_packed_records_get_the_stage_with_the_same_bytes_per_position(tmp_path):
+    from detector.cli.data import main as data_main
+    from detector.data.spec import load_dataset
+    from tests.helpers.data import write_all_formats
+
+    specs = write_all_formats(str(tmp_path / "src"), count=5)
+    assert data_main(["pack", specs["coco"], str(tmp_path / "p"), "--shards", "2"]) == 0
+    records = load_dataset(str(tmp_path / "p" / "spec.yaml"), "train").records
+    grey = [{"name": "ToGray", "p": 1.0}, {"name": "Affine", "rotate": [-10, 10], "p": 0.5}]
+
+    def stream(calls: int, start_step: int = 0):
+        stage = build_stage(grey, min_visibility=0.3)
+        spec = TrainInput(
+            records, 64, ANCHORS, 2, 10, lambda: augmenter(**COLOUR, stage=stage), seed=2,
+            parallel_calls=calls, start_step=start_step,
+        )  # fmt: skip
+        return _batches(spec, 4 - start_step)
+
+    one, auto, resumed = stream(1), stream(-1), stream(-1, start_step=2)
+    for a, b in zip(one, auto, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    for a, b in zip(one[2:], resumed, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    images = np.concatenate([images for images, _ in one]).astype(int)
+    assert (images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all()
+    assert images.std() > 5  # not blank: the drawn rectangles, greyed
