@@ -7,7 +7,8 @@ such as ``OneOf`` takes its ``transforms`` as such a list too) or as the path of
 written by ``albumentations.save`` (json, or yaml by its extension). Boxes go through
 albumentations' bounding-box machinery (xyxy pixels, ``pascal_voc``): spatial transforms
 move them, those with less than ``min_visibility`` of their area left, or a side under
-`MIN_BOX_SIDE`, are dropped with their classes.
+`MIN_BOX_SIDE`, are dropped with their classes; a pipeline of pixel-only transforms
+leaves them as they are, without that machinery's cost.
 
 Determinism: a Compose holds random state and per-call parameters, so each loading thread
 builds its own (thread-local); before every example its random state is set from one
@@ -38,7 +39,7 @@ def _albumentations():
     """The albumentations module, imported on first use (only when a stage is configured).
 
     Its import checks PyPI for a newer release (a network request with a 2 s timeout, in
-    every process and loading thread's first call) unless NO_ALBUMENTATIONS_UPDATE is set:
+    every process: each worker of a distributed run) unless NO_ALBUMENTATIONS_UPDATE is set:
     a training job must not call out, so the variable is set for the import only and
     restored after it (the environment is the entry points', STYLE.md).
     """
