@@ -351,6 +351,7 @@ ROWS = (
     ("pipeline_vs_decode", "  pipeline / decode"),
     ("pipeline_ips_1_call", "  pipeline with 1 parallel call, images/s"),
     ("pipeline_scaling", "  2 parallel calls / 1"),
+    ("albumentations_ms_per_image", "data.albumentations stage, CPU ms per example (alternated)"),
     ("peak_rss_mb", "peak resident memory, MB"),
 )
 

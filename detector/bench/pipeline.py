@@ -3,8 +3,10 @@ and CPU time per image, beside the train step's CPU time per image: on a machine
 an accelerator both share the cores, which bounds ``pipeline_ratio``); and on real JPEGs:
 ``pipeline_ms_per_image`` (CPU time per training example), the plain JPEG decode of the
 same files (the floor) and the throughput with one and with two parallel calls
-(``pipeline_scaling``)."""
+(``pipeline_scaling``); with ``data.albumentations`` set, the stage's own cost per image
+(`albumentations_cost`)."""
 
+import math
 import os
 import time
 
@@ -69,4 +71,45 @@ def pipeline_cpu_timings(cfg, fallback, quick: bool) -> dict:
     for d in data:  # cv2's threads are 1 here: the pipeline set them
         cv2.imdecode(d, cv2.IMREAD_COLOR)
     out["decode_ms_per_image"] = 1000 * (time.process_time() - cpu) / len(data)
+    out.update(albumentations_cost(cfg, records, size, quick))
     return out
+
+
+def albumentations_cost(cfg, records, size: int, quick: bool) -> dict:
+    """The ``data.albumentations`` stage's CPU cost per image, {} when none is configured:
+    the loading threads' work for one example (`ExampleMaker.make`: warp, the config's
+    mosaic / mixup, colour, then the stage) with the configured stage and without it,
+    timed side by side in alternating rounds over the same examples, the fastest round of
+    each. Decoded images are cached after the first round, so the difference is the stage.
+
+    Timed in the calling thread rather than through two tf.data pipelines: the idle one's
+    prefetching ran during the other's rounds and corrupted both figures.
+    """
+    import dataclasses
+
+    from detector.data.mosaic import ExampleMaker
+    from detector.engine.build import make_augmenter
+
+    d = cfg.data
+    if not d.albumentations:
+        return {}
+    count, rounds = (16, 3) if quick else (64, 7)
+    makers = {}
+    for name, data in (("with", d), ("without", dataclasses.replace(d, albumentations=[]))):
+        augmenter = make_augmenter(data)
+        work = math.ceil(size * augmenter.max_zoom)
+        makers[name] = ExampleMaker(
+            records, augmenter, d.letterbox, work, d.mosaic, d.mixup, cache=True
+        )
+    best = dict.fromkeys(makers, math.inf)
+    for _ in range(rounds):
+        for name, maker in makers.items():
+            cpu = time.process_time()
+            for k in range(count):
+                maker.make(k % len(records), size, np.random.default_rng([cfg.train.seed, k]))
+            best[name] = min(best[name], 1000 * (time.process_time() - cpu) / count)
+    return {
+        "example_ms_albumentations": best["with"],
+        "example_ms_no_albumentations": best["without"],
+        "albumentations_ms_per_image": best["with"] - best["without"],
+    }

@@ -63,6 +63,10 @@ RULES: dict[str, Rule] = {
     "data.hue": ((lambda v: 0 <= v <= 0.5), "in [0, 0.5]"),
     **dict.fromkeys(("data.saturation", "data.exposure"), ((lambda v: v >= 1), ">= 1")),
     "train.run_dir": ((lambda v: v != ""), "a non-empty path"),
+    "data.albumentations": (
+        (lambda v: v != ""),
+        "a list of {name: TransformName, ...arguments} or the path of an albumentations.save file",
+    ),
     "train.freeze": (
         (lambda v: v == "backbone" or (isinstance(v, int) and v >= 0)),
         "an int >= 0 or 'backbone'",

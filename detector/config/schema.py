@@ -25,6 +25,7 @@ import yaml
 
 from detector.config.coerce import convert
 from detector.config.rules import PUBLISHED_ANCHORS, check_value
+from detector.data.albu import check_pipeline
 from detector.data.image_checks import MAX_PIXELS
 from detector.utils.atomic import atomic_write_text
 from detector.utils.safe_yaml import load_file, load_text, short
@@ -59,7 +60,12 @@ class DataConfig:
     an example is blended with a second one (beta(32, 32) ratio, boxes of both kept).
     `max_pixels`: images whose header declares more pixels are skipped without being
     decoded (counted as `image_too_large`); at most Pillow's decompression-bomb limit,
-    89 478 485, the default, which prediction and the input pipeline also apply."""
+    89 478 485, the default, which prediction and the input pipeline also apply.
+    `albumentations`: the user's albumentations stage, run on each finished training
+    example (after the warp, mosaic, mixup and colour, at the input size; boxes follow
+    spatial transforms, `min_visibility` applies): a list of {name: TransformName,
+    **arguments}, or the path of a file written by ``albumentations.save`` (json/yaml);
+    [] = off. Checked at load (`detector.data.albu.check_pipeline`)."""
 
     spec: str = "synthetic"
     batch_size: int = 8
@@ -79,6 +85,7 @@ class DataConfig:
     mosaic: float = 1.0
     mixup: float = 0.0
     max_pixels: int = MAX_PIXELS
+    albumentations: list[dict] | str = field(default_factory=list)
 
 
 @dataclass
@@ -324,13 +331,17 @@ def _build(tree: dict[str, dict[str, Any]]) -> Config:
 def _check_together(cfg: Config) -> None:
     """Rules between keys: multi-scale training must include the size evaluation and
     prediction use (``model.input_size``), else the network is scored at a size it never
-    trained at (`--set model.input_size=416` over a config with multi-scale 256..384)."""
+    trained at (`--set model.input_size=416` over a config with multi-scale 256..384).
+    The albumentations stage must build and run at the smallest training size."""
     sizes, size = cfg.data.multiscale, cfg.model.input_size
     if sizes and not sizes[0] <= size <= sizes[1]:
         raise ValueError(
             f"'data.multiscale': {sizes} must include model.input_size {size} (the size "
             f"evaluation uses): set data.multiscale=[min, max] around it, or [] for one size"
         )
+    if cfg.data.albumentations:
+        smallest = min([size, *sizes])
+        check_pipeline(cfg.data.albumentations, smallest, cfg.data.min_visibility)
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -13,10 +13,13 @@ inside each call). This replaced albumentations' Compose run at the source resol
 axes about the centre, shifts as fractions of the image), the draws come from the
 example's numpy Generator in a fixed order (`Augmenter.draw`), so an example is still a
 function of its Generator's seed, but the pixels and boxes for a given seed differ from
-the albumentations ones (other draws, one interpolation instead of two).
+the albumentations ones (other draws, one interpolation instead of two). Albumentations
+came back as the users' own stage after all of this (``data.albumentations``,
+`detector.data.albu`), run by `Augmenter.finish` on the finished example.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -58,6 +61,7 @@ class Augmenter:
     saturation: float
     exposure: float
     min_visibility: float
+    stage: Callable | None = None
 
     @property
     def max_zoom(self) -> float:
@@ -76,6 +80,16 @@ class Augmenter:
         hsv = None if dhue == 0.0 and dsat == 1.0 and dexp == 1.0 else (dhue, dsat, dexp)
         return Draw(flip, zoom, (float(dx), float(dy)), hsv)
 
+    def finish(
+        self, image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A finished example (image uint8 (S, S, 3), boxes (N, 4) xyxy pixels, classes
+        (N,)) through the user's albumentations `stage`, drawing from `rng` after every
+        other draw of the example; unchanged (and no draw) without a stage."""
+        if self.stage is None:
+            return image, boxes, classes
+        return self.stage(image, boxes, classes, rng)
+
 
 def build_augmenter(
     *,
@@ -86,6 +100,7 @@ def build_augmenter(
     saturation: float,
     exposure: float,
     min_visibility: float,
+    stage: Callable | None = None,
 ) -> Augmenter:
     """The training augmentation: flip, scale/translate jitter, HSV colour jitter.
 
@@ -104,10 +119,20 @@ def build_augmenter(
         saturation: float >= 1. Saturation gain in [1/s, s] (darknet ``saturation``).
         exposure: float >= 1. Brightness gain in [1/e, e] (darknet ``exposure``).
         min_visibility: float. Fraction of a box's area that must stay in the image.
+        stage: callable or None. The user's albumentations stage
+            (`detector.data.albu.AlbumentationsStage`), run by `Augmenter.finish` on the
+            finished example. Defaults to None (none).
     """
     low, high = scale
     return Augmenter(
-        hflip, (float(low), float(high)), translate, hue, saturation, exposure, min_visibility
+        hflip,
+        (float(low), float(high)),
+        translate,
+        hue,
+        saturation,
+        exposure,
+        min_visibility,
+        stage,
     )
 
 

@@ -145,7 +145,8 @@ class ExampleMaker:
 
     def make(self, index: int, size: int, rng: np.random.Generator, several: bool = True):
         """The example of record `index` at output side `size`: mosaic with probability
-        `mosaic`, then mixup with probability `mixup`. Without `several` (mosaic closed),
+        `mosaic`, then mixup with probability `mixup`, then the augmenter's albumentations
+        stage (`Augmenter.finish`). Without `several` (mosaic closed),
         or with both 0, one image and no extra draw from `rng`."""
         image, boxes, classes = self.base(index, size, rng, several)
         if several and self.mixup_p > 0 and rng.random() < self.mixup_p:
@@ -155,6 +156,8 @@ class ExampleMaker:
             image = cv2.addWeighted(image, ratio, other[0], 1.0 - ratio, 0.0)
             boxes = np.concatenate([boxes, other[1]])
             classes = np.concatenate([classes, other[2]])
+        if self.augmenter is not None:  # the user's albumentations stage, last
+            image, boxes, classes = self.augmenter.finish(image, boxes, classes, rng)
         return image, boxes, classes
 
     def base(self, index: int, size: int, rng: np.random.Generator, several: bool = True):

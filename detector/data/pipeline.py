@@ -247,6 +247,8 @@ class _ExampleLoader:
         example = prepare_example(
             record, size, self.augmenter, rng, self.spec.letterbox, image, bgr=True
         )
+        if self.augmenter is not None:  # the user's albumentations stage, last
+            example = self.augmenter.finish(*example, rng)
         return self.encode(*example, size)
 
     def index_batch(self, positions, indices, size):

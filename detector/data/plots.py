@@ -75,7 +75,8 @@ def plot_augmented(
 ) -> str:
     """A grid of training samples as the pipeline makes them with `augmenter` (the run's,
     ``engine.build.make_augmenter``; mosaic and mixup included with ``data.mosaic`` /
-    ``data.mixup`` > 0, record lists only), boxes and classes drawn."""
+    ``data.mixup`` > 0, record lists only; then ``data.albumentations``), boxes and
+    classes drawn."""
     from detector.data.augment import prepare_example
     from detector.data.mosaic import ExampleMaker
 
@@ -103,9 +104,10 @@ def plot_augmented(
         if maker is not None:
             image, boxes, classes = maker.make(index, size, rng)
         else:
-            image, boxes, classes = prepare_example(
+            example = prepare_example(
                 records[index], size, augmenter, rng, d.letterbox, images.get(index)
             )
+            image, boxes, classes = augmenter.finish(*example, rng)
         ax.imshow(image)
         for (x1, y1, x2, y2), c in zip(boxes, classes, strict=True):
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1))

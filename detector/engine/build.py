@@ -20,6 +20,7 @@ from detector.config.schema import (
     ModelConfig,
     TrainConfig,
 )
+from detector.data.albu import build_stage
 from detector.data.augment import build_augmenter
 from detector.data.mosaic import CloseMosaic, MosaicSwitch
 from detector.data.pipeline import TrainInput, make_train_dataset
@@ -87,7 +88,8 @@ def choose_anchors(model: ModelConfig, train: Dataset, *, seed: int, letterbox: 
 
 
 def make_augmenter(data: DataConfig):
-    """The training augmentation of ``data.*`` (one per loading thread: not shareable)."""
+    """The training augmentation of ``data.*``, with the user's albumentations stage of
+    ``data.albumentations`` (which builds one Compose per loading thread itself)."""
     return build_augmenter(
         hflip=data.hflip,
         scale=tuple(data.scale),
@@ -96,6 +98,7 @@ def make_augmenter(data: DataConfig):
         saturation=data.saturation,
         exposure=data.exposure,
         min_visibility=data.min_visibility,
+        stage=build_stage(data.albumentations, min_visibility=data.min_visibility),
     )
 
 

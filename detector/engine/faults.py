@@ -14,7 +14,7 @@ each with the resume command. The atomic writer (`detector.utils.atomic`) has al
 target's name in the ``OSError`` and removed its temporary file, and the state on disk is
 the last complete one (`detector.engine.state`), so the resume continues from there.
 `check_architecture` refuses a ``--resume`` whose config or data would build a network
-the saved weights do not fit, naming the keys that differ.
+the saved weights do not fit, or another albumentations stage, naming the keys that differ.
 """
 
 import contextlib
@@ -152,7 +152,8 @@ def check_architecture(cfg: Config, run_dir: str, names: list[str]) -> None:
     """ValueError naming what a ``--resume`` changed that the saved state cannot follow:
     the ``model.*`` keys of `ARCHITECTURE_KEYS` that differ from the run's config.yaml,
     ``train.freeze`` and a switch to or from ``mixed_float16`` (both change the optimiser's
-    variables), and the training classes when they differ from the run's."""
+    variables), ``data.albumentations`` (the training stream), and the training classes
+    when they differ from the run's. A pipeline given as a file is compared by its path."""
     path = os.path.join(run_dir, "config.yaml")
     saved = load_config(path)
     changed = [
@@ -165,12 +166,15 @@ def check_architecture(cfg: Config, run_dir: str, names: list[str]) -> None:
     scaled, was_scaled = (c.train.precision == "mixed_float16" for c in (cfg, saved))
     if scaled != was_scaled:  # the loss-scale optimiser's variables come or go
         changed.append(f"train.precision {cfg.train.precision} (was {saved.train.precision})")
+    pipeline, was = cfg.data.albumentations, saved.data.albumentations
+    if pipeline != was:  # a pipeline-changing key: the resumed stream would not be the run's
+        changed.append(f"data.albumentations {short(pipeline)} (was {short(was)})")
     trained = trained_classes(run_dir)
     if trained is not None and list(names) != trained:
         changed.append(f"the training data's classes {short(list(names))} (was {short(trained)})")
     if changed:
         raise ValueError(
-            f"--resume: the saved weights of {run_dir} do not fit: {'; '.join(changed)} "
+            f"--resume: the saved state of {run_dir} does not fit: {'; '.join(changed)} "
             f"differ from the run's {path}. Resume without changing them, or start a new "
             "run with the new settings"
         )

@@ -55,3 +55,23 @@ def test_ratios_from_given_timings():
     table = format_table(r)
     assert "pipeline_ratio" in table and "met" in table
     assert set(TARGETS) <= set(r)
+
+
+def test_the_albumentations_cost_is_timed_with_and_without_the_stage(tmp_path):
+    from detector.bench.pipeline import albumentations_cost
+    from detector.config.schema import load_config
+    from tests.data.test_mosaic import coloured_records
+
+    records = coloured_records(tmp_path)
+    cfg = load_config("configs/default.yaml", ["data.multiscale=[]", "model.input_size=64"])
+    assert albumentations_cost(cfg, records, 64, quick=True) == {}
+    stage = "data.albumentations=[{name: MedianBlur, blur_limit: 7, p: 1.0}]"
+    cfg = load_config("configs/default.yaml", ["data.multiscale=[]", "model.input_size=64", stage])
+    cost = albumentations_cost(cfg, records, 64, quick=True)
+    with_, without = (
+        cost["example_ms_albumentations"],
+        cost["example_ms_no_albumentations"],
+    )
+    assert with_ > 0 and without > 0
+    assert cost["albumentations_ms_per_image"] == pytest.approx(with_ - without)
+    assert "albumentations_ms_per_image" in format_table(cost)

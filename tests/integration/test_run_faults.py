@@ -343,6 +343,7 @@ def test_resume_point_refuses_missing_state_after_logged_epochs(tmp_path):
         ("model.variant=darknet19", "model.variant 'darknet19' (was 'tiny')"),
         ("model.num_anchors=3", "model.num_anchors 3 (was 2)"),
         ("train.freeze=2", "train.freeze 2 (was 0)"),
+        ("data.albumentations=[{name: CLAHE, p: 0.1}]", "data.albumentations [{'name': 'CLAHE'"),
     ],
 )
 def test_resume_with_a_changed_architecture_names_the_keys(
