@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from detector.cli.train import Parser, load_detector
+from detector.utils.limits import check_batch_size, check_input_size, check_max_det
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -37,11 +38,10 @@ def check_predict_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--conf", args.conf), ("--iou", args.iou)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{flag}: expected a number in [0, 1], got {value}")
-    for flag, value in (("--max-det", args.max_det), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise ValueError(f"{flag}: expected an integer >= 1, got {value}")
-    if args.input_size is not None and (args.input_size <= 0 or args.input_size % 32):
-        raise ValueError(f"--input-size: expected a multiple of 32, got {args.input_size}")
+    check_max_det("--max-det", args.max_det)
+    if args.input_size is not None:
+        check_input_size("--input-size", args.input_size)
+    check_batch_size("--batch-size", args.batch_size, args.input_size or 0)
     if args.data and not args.save_json:
         raise ValueError("--data: only the JSON uses it; add --save-json")
 
@@ -105,6 +105,8 @@ def prepare_predict(args: argparse.Namespace):
 
         image_ids = ImageIds(load_annotations(args.data, args.split))
     detector = load_detector(args.checkpoint, args.input_size)
+    size = args.input_size or detector.metadata.input_size
+    check_batch_size("--batch-size", args.batch_size, size)
     settings = {
         "conf": args.conf,
         "iou": args.iou,

@@ -163,11 +163,14 @@ def check_evaluate_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--conf", args.conf), ("--iou", args.iou)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{flag}: expected a number in [0, 1], got {value}")
-    for flag, value in (("--max-det", args.max_det), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag}: expected an integer >= 1, got {value}")
-    if args.input_size is not None and (args.input_size <= 0 or args.input_size % 32):
-        raise ValueError(f"--input-size: expected a multiple of 32, got {args.input_size}")
+    from detector.utils.limits import check_batch_size, check_input_size, check_max_det
+
+    if args.max_det is not None:
+        check_max_det("--max-det", args.max_det)
+    if args.input_size is not None:
+        check_input_size("--input-size", args.input_size)
+    if args.batch_size is not None:
+        check_batch_size("--batch-size", args.batch_size, args.input_size or 0)
     if not args.detections:
         return
     model_only = {"--iou": args.iou, "--max-det": args.max_det, "--sizes": args.sizes}
@@ -183,7 +186,9 @@ def check_evaluate_flags(args: argparse.Namespace) -> None:
 
 def parse_sizes(text: str | None) -> list[int]:
     """``--sizes 224,288`` -> [224, 288]; ValueError naming --sizes unless each is a
-    positive multiple of 32."""
+    positive multiple of 32 up to `detector.utils.limits.MAX_INPUT_SIZE`."""
+    from detector.utils.limits import check_input_size
+
     parts = [] if text is None else [part.strip() for part in text.split(",")]
     sizes = [int(part) if part.isdigit() else 0 for part in parts]
     bad = [part for part, size in zip(parts, sizes, strict=True) if size <= 0 or size % 32]
@@ -191,6 +196,8 @@ def parse_sizes(text: str | None) -> list[int]:
         raise ValueError(
             f"--sizes: expected positive multiples of 32 (224,288,...), got {bad[0]!r}"
         )
+    for size in sizes:
+        check_input_size("--sizes", size)
     return sizes
 
 
@@ -278,6 +285,10 @@ def evaluate_checkpoint(args: argparse.Namespace, conf: float, sizes: list[int])
         kwargs["max_detections"] = min(kwargs["max_detections"], meta.max_detections)
         kwargs["score_threshold"] = max(kwargs["score_threshold"], meta.score_threshold)
     input_size = args.input_size or meta.input_size
+    from detector.utils.limits import check_batch_size
+
+    flag = "--batch-size" if args.batch_size else f"eval.batch_size ({where if cfg else 'default'})"
+    check_batch_size(flag, kwargs["batch_size"], max([input_size, *sizes]))
     print(
         f"{args.checkpoint} on {args.split} ({len(dataset.records)} images, {input_size} px): "
         f"score >= {kwargs['score_threshold']:g}, NMS IoU {kwargs['nms_iou']:g}, "

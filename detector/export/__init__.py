@@ -36,6 +36,7 @@ import tensorflow as tf
 from detector.inference.runtimes import Metadata, load_keras, metadata_path
 from detector.model.postprocess import decode, portable_nms
 from detector.utils.atomic import atomic_write_bytes
+from detector.utils.limits import check_input_size, check_max_det
 
 FORMATS = ("saved_model", "tflite", "onnx")
 INPUT_NAME = "images"
@@ -128,8 +129,8 @@ def _check_arguments(checkpoint, format, half, int8, data, input_size) -> str:
         raise ValueError("--half and --int8: choose one")
     if int8 and not data:
         raise ValueError("--int8 needs --data SPEC (its train split calibrates the ranges)")
-    if input_size is not None and (input_size <= 0 or input_size % 32):
-        raise ValueError(f"--input-size must be a positive multiple of 32, got {input_size}")
+    if input_size is not None:
+        check_input_size("--input-size", input_size)
     return "int8" if int8 else "float16" if half else "float32"
 
 
@@ -138,8 +139,7 @@ def _check_nms_settings(score_threshold, iou_threshold, max_detections) -> None:
         raise ValueError(f"--conf must be in [0, 1), got {score_threshold}")
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"--iou must be in (0, 1], got {iou_threshold}")
-    if max_detections < 1:
-        raise ValueError(f"--max-det must be at least 1, got {max_detections}")
+    check_max_det("--max-det", max_detections)
 
 
 def default_path(checkpoint: str, format: str, quantization: str, nms: bool = True) -> str:
