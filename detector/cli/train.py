@@ -146,15 +146,22 @@ def evaluate_main(argv=None) -> int:
         parser.error("give either CHECKPOINT or --detections RESULTS.json")
     if args.detections and not args.data:
         parser.error("--detections needs --data SPEC (the ground truth)")
+    from detector.utils.atomic import check_writable, describe_os_error
+
     try:
+        if args.json:  # before the evaluation, not after it
+            check_writable("--json", args.json)
         output = evaluate_command(args)
-    except (ValueError, OSError) as error:  # OSError: a path the system refuses
+        if args.json:
+            from detector.evaluation.coco import write_json
+
+            write_json(output, args.json)
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.json:
-        from detector.evaluation.coco import write_json
-
-        write_json(output, args.json)
+    except OSError as error:  # a path the system refuses
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
     return 0
 
 

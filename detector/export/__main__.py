@@ -58,8 +58,13 @@ def main(argv=None) -> int:
         if argv[:1] == ["benchmark"]:
             return run_benchmark(benchmark_parser().parse_args(argv[1:]))
         return run_export(export_parser().parse_args(argv))
-    except (ValueError, OSError) as error:  # OSError: a path the system refuses
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path the system refuses
+        from detector.utils.atomic import describe_os_error
+
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 2
 
 

@@ -145,11 +145,18 @@ def image_source(kind: str, source: str, paths: list[str], names: list[str]) -> 
 
 
 def label_names(names: list[str]) -> list[str | None]:
-    """Each image's label name when its name without extension is shared ("a.jpg" and
-    "a.png" get "a.jpg" and "a.png", so neither label file overwrites the other), else
-    None (the stem: "a")."""
-    stems = Counter(os.path.splitext(name)[0] for name in names)
-    return [name if stems[os.path.splitext(name)[0]] > 1 else None for name in names]
+    """Each image's label name when its name without extension would be another label's
+    too, else None (the stem: "a"). "a.jpg" beside "a.png" get "a.jpg" and "a.png"; a
+    stem that then meets a kept name gives way in turn ("a.jpg.png" gets "a.jpg.png"),
+    so no label file overwrites another (names are distinct paths: they never clash)."""
+    stems = [os.path.splitext(name)[0] for name in names]
+    whole: set[int] = set()
+    while True:
+        used = Counter(names[i] if i in whole else stems[i] for i in range(len(names)))
+        clashing = {i for i in range(len(names)) if i not in whole and used[stems[i]] > 1}
+        if not clashing:
+            return [name if i in whole else None for i, name in enumerate(names)]
+        whole |= clashing
 
 
 def read_frames(paths: list[str], names: list[str]) -> Iterator[Frame]:

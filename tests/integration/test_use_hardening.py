@@ -3,6 +3,9 @@ detector.export``, ``evaluate.py``'s flags and dataset files. Each case ends in 
 ``error:`` line naming the flag, file or key (exit 2), or in a handled ``warning:`` line:
 never a traceback, a runaway allocation, a silent wrong result or a file's content."""
 
+import errno
+import os
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -15,6 +18,8 @@ from detector.cli.predict import predict_main
 from detector.cli.train import evaluate_main
 from detector.export.__main__ import main as export_main
 from detector.model.network import build_inference_model
+from detector.utils import atomic
+from detector.utils.runlock import run_lock
 
 
 def zero_model() -> keras.Model:
@@ -114,3 +119,123 @@ def test_the_python_api_has_the_same_bounds(checkpoint):
         with pytest.raises(ValueError, match=f"^{named}"):
             detector.predict(image, **settings)
     assert len(detector.predict(image, max_det=2, batch_size=1)[0]) == 2
+
+
+# --- refused writes: one error line naming the file, before any work where possible ------
+
+
+def refuse_writes(monkeypatch, name: str | None = None, code: int = errno.EROFS) -> None:
+    """The atomic writer's temporary file for `name` (every file when None) is refused
+    with `code`, as a read-only file system refuses it (the error names the temporary)."""
+    original = atomic._create_temporary
+
+    def create(path, suffix):
+        if name is None or os.path.basename(path) == name:
+            folder, base = os.path.split(os.path.abspath(path))
+            raise OSError(code, os.strerror(code), os.path.join(folder, f".{base}.0123"))
+        return original(path, suffix)
+
+    monkeypatch.setattr(atomic, "_create_temporary", create)
+
+
+def test_predict_json_into_a_read_only_folder(checkpoint, image, tmp_path, capsys, monkeypatch):
+    refuse_writes(monkeypatch, "predictions.json")
+    out = tmp_path / "out"
+    argv = [checkpoint, image, "--out", out, "--save-json"]
+    line = one_error(capsys, predict_main, argv, "Read-only file system")
+    assert line.endswith(f"writing {out / 'predictions.json'} (make the file system writable)")
+    assert ".0123" not in line
+
+
+def test_predict_into_a_really_read_only_folder_is_refused_before_predicting(
+    checkpoint, image, tmp_path, capsys
+):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]
+    try:
+        if subprocess.run(command, capture_output=True, timeout=10).returncode:
+            pytest.skip("mounting a tmpfs is not permitted here")
+        line = one_error(capsys, predict_main, [checkpoint, image, "--out", folder], "--out")
+        assert line == f"error: --out {folder}: cannot lock it (Read-only file system)"
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+def test_evaluate_json_is_checked_before_evaluating(checkpoint, tiny_spec, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    argv = [checkpoint, "--data", tiny_spec, "--json"]
+    line = one_error(capsys, evaluate_main, [*argv, a_file / "m.json"], "--json")
+    assert line == (
+        f"error: --json: Not a directory writing {a_file / 'm.json'} "
+        "(a part of the path is a file, not a folder)"
+    )
+    line = one_error(capsys, evaluate_main, [*argv, tmp_path], "--json")
+    assert line == f"error: --json: {tmp_path} is a folder; give a file path"
+    assert not list(tmp_path.glob("val*"))  # nothing was evaluated
+
+
+def test_evaluate_json_into_a_read_only_folder(
+    checkpoint, tiny_spec, tmp_path, capsys, monkeypatch
+):
+    refuse_writes(monkeypatch, "m.json")
+    argv = [checkpoint, "--data", tiny_spec, "--json", tmp_path / "ro" / "m.json"]
+    line = one_error(capsys, evaluate_main, argv, "--json", "Read-only file system")
+    assert ".0123" not in line
+
+
+@pytest.mark.parametrize("command", [["pack"], ["convert", "--to", "yolo"]])
+def test_data_tools_into_a_read_only_folder(tiny_spec, tmp_path, capsys, monkeypatch, command):
+    from detector.cli.data import main as data_main
+
+    refuse_writes(monkeypatch)
+    out = tmp_path / "ro"
+    argv = [command[0], tiny_spec, out, *command[1:]]
+    line = one_error(capsys, data_main, argv, "Read-only file system writing", str(out))
+    assert ".0123" not in line
+
+
+# --- one run per output folder; every label its own file ---------------------------------
+
+
+def test_a_second_predict_into_a_busy_out_folder_is_refused(checkpoint, image, tmp_path, capsys):
+    out = tmp_path / "out"
+    with run_lock(str(out), "--out", "(another predict.py)"):
+        line = one_error(capsys, predict_main, [checkpoint, image, "--out", out], "--out")
+    assert line == (
+        f"error: --out {out} is in use by process {os.getpid()} (another predict.py); "
+        "wait for it or pass another --out"
+    )
+    assert os.listdir(out) == [".lock"]  # nothing written by the refused run
+    assert predict_main([str(checkpoint), str(image), "--out", str(out)]) == 0  # released
+    assert sorted(os.listdir(out)) == [".lock", "x.png"]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["a.jpg", "a.jpg.png"],
+        ["a.jpg", "a.png", "a.jpg.png"],
+        ["a.jpg", "a.png", "a.jpg.png", "a.jpg.jpg", "b.png", "a.png.jpg"],
+    ],
+)
+def test_every_image_gets_its_own_label_file(checkpoint, tmp_path, capsys, names):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in names:
+        cv2.imwrite(str(folder / name), np.full((40, 60, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    assert predict_main([str(checkpoint), str(folder), "--out", str(out), "--save-txt"]) == 0
+    labels = sorted(os.listdir(out / "labels"))
+    assert len(labels) == len(names), labels
+    assert sorted(os.listdir(out)) == sorted([".lock", "labels", *names])  # drawn, whole
+    assert all(cv2.imread(str(out / name)).shape == (40, 60, 3) for name in names)
+
+
+def test_label_names_keep_the_unique_stems():
+    from detector.inference.sources import label_names
+
+    assert label_names(["a.jpg", "b.png"]) == [None, None]
+    assert label_names(["a.jpg", "a.jpg.png", "a.png"]) == ["a.jpg", "a.jpg.png", "a.png"]
+    assert label_names(["a.jpg", "a.jpg.png"]) == [None, None]  # a.txt and a.jpg.txt
