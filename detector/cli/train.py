@@ -275,9 +275,11 @@ def evaluate_checkpoint(args: argparse.Namespace, conf: float, sizes: list[int])
     cfg, where = run_config(args.checkpoint, meta.source)
     dataset = load_dataset(args.data or spec_of_run(args.checkpoint, meta.source), args.split)
     if len(dataset.names) != len(meta.names):
+        from detector.utils.safe_yaml import short
+
         raise ValueError(
-            f"the dataset has {len(dataset.names)} classes, the checkpoint "
-            f"{len(meta.names)} ({meta.names})"
+            f"the dataset has {len(dataset.names)} classes {short(dataset.names)}, the "
+            f"checkpoint {len(meta.names)} {short(meta.names)}"
         )
     kwargs = eval_kwargs(cfg.eval if cfg else EvalConfig())
     flags = {"nms_iou": args.iou, "max_detections": args.max_det, "batch_size": args.batch_size}

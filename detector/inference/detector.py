@@ -229,6 +229,11 @@ class Detector:
         detections = self.forward(inputs, **settings)
         results = []
         for (image, path), (boxes, scores, labels) in zip(batch, detections, strict=True):
+            if len(labels) and int(labels.max()) >= len(self.metadata.names):
+                raise ValueError(
+                    f"{self.path or 'the model'}: returned class {int(labels.max())}, its "
+                    f"metadata names {len(self.metadata.names)} classes; export it again"
+                )
             height, width = image.shape[:2]
             results.append(
                 Result(

@@ -239,3 +239,115 @@ def test_label_names_keep_the_unique_stems():
     assert label_names(["a.jpg", "b.png"]) == [None, None]
     assert label_names(["a.jpg", "a.jpg.png", "a.png"]) == ["a.jpg", "a.jpg.png", "a.png"]
     assert label_names(["a.jpg", "a.jpg.png"]) == [None, None]  # a.txt and a.jpg.txt
+
+
+# --- export --out: never its own input, never an existing file without --force -----------
+
+
+def test_export_out_never_overwrites_the_checkpoint(checkpoint, capsys):
+    before = checkpoint.read_bytes()
+    for force in ([], ["--force"]):
+        argv = [checkpoint, "--format", "tflite", "--out", checkpoint, *force]
+        one_error(capsys, export_main, argv, f"--out: {checkpoint} is the checkpoint")
+    assert checkpoint.read_bytes() == before
+
+
+def test_export_out_replaces_an_existing_file_only_with_force(checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"somebody's file")
+    argv = [checkpoint, "--format", "tflite", "--out", out]
+    one_error(capsys, export_main, argv, f"--out: {out} exists; pass --force to replace it")
+    assert out.read_bytes() == b"somebody's file"
+    assert export_main([str(a) for a in [*argv, "--force"]]) == 0
+    assert out.read_bytes()[4:8] == b"TFL3"  # the TFLite flatbuffer's identifier
+
+
+def test_export_bad_arguments_are_one_line(checkpoint, capsys):
+    one_error(capsys, export_main, [checkpoint, "--format", "coreml"], "--format", "coreml")
+
+
+# --- export metadata checked against the network it describes -----------------------------
+
+
+@pytest.fixture(scope="module")
+def exports(checkpoint, tmp_path_factory) -> dict[str, Path]:
+    """The zero model exported as TFLite and SavedModel (64 px, 2 classes, 1 anchor)."""
+    from detector.export import export
+
+    folder = tmp_path_factory.mktemp("exports")
+    return {
+        "tflite": Path(export(checkpoint, "tflite", out=str(folder / "m.tflite"))),
+        "saved_model": Path(export(checkpoint, "saved_model", out=str(folder / "m_saved"))),
+    }
+
+
+def edited(artifact: Path, tmp_path: Path, **changes) -> tuple[Path, Path]:
+    """A copy of `artifact` whose metadata has `changes`; (artifact, its metadata)."""
+    import json
+    import shutil
+
+    from detector.inference.runtimes import metadata_path
+
+    copy = tmp_path / artifact.name
+    if artifact.is_dir():
+        shutil.copytree(artifact, copy)
+    else:
+        shutil.copy(artifact, copy)
+        shutil.copy(metadata_path(str(artifact)), metadata_path(str(copy)))
+    meta = Path(metadata_path(str(copy)))
+    meta.write_text(json.dumps(dict(json.loads(meta.read_text()), **changes)))
+    return copy, meta
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "saved_model"])
+@pytest.mark.parametrize("count", [1, 1000])
+def test_metadata_with_other_class_names_is_refused_by_count(
+    exports, image, tmp_path, capsys, fmt, count
+):
+    names = [f"name{i}" for i in range(count)]
+    model, meta = edited(exports[fmt], tmp_path, names=names, category_ids=list(range(count)))
+    line = one_error(capsys, predict_main, [model, image, "--out", tmp_path / "o"], str(meta))
+    assert f"{count} class names with 1 anchors, {5 + count} outputs per grid cell " in line
+    assert "(the network has 7)" in line and "name0" not in line and len(line) < 400
+    with pytest.raises(ValueError, match="does not describe the model beside it"):
+        Detector.load(model)
+
+
+def test_metadata_with_another_input_size_is_refused(exports, image, tmp_path, capsys):
+    model, meta = edited(exports["tflite"], tmp_path, input_size=416)
+    line = one_error(capsys, predict_main, [model, image, "--out", tmp_path / "o"], str(meta))
+    assert "input_size 416 (the model takes 64)" in line
+
+
+def test_evaluate_refuses_a_lying_export_in_one_short_line(exports, tiny_spec, tmp_path, capsys):
+    names = [f"name{i}" for i in range(1000)]
+    model, meta = edited(exports["tflite"], tmp_path, names=names, category_ids=[1] * 1000)
+    line = one_error(capsys, evaluate_main, [model, "--data", tiny_spec], str(meta))
+    assert len(line) < 400
+
+
+def test_evaluate_names_a_class_mismatch_in_one_short_line(tmp_path, tiny_spec, capsys):
+    names = [f"class{i}" for i in range(1000)]
+    model = build_inference_model(1000, [[0.5, 0.5]], "tiny", 0.125, 64, names, list(range(1000)))
+    model.save(tmp_path / "many.keras")
+    argv = [tmp_path / "many.keras", "--data", tiny_spec, "--out", tmp_path / "val"]
+    line = one_error(capsys, evaluate_main, argv, "the dataset has 4 classes", "checkpoint 1000")
+    assert len(line) < 300
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        ({"names": "abc"}, "names: expected a list of class names"),
+        ({"category_ids": [5]}, "category_ids: expected one per name"),
+        ({"input_size": 10**6}, "input_size: expected pixels in 1..4096"),
+        ({"anchors": [[1, "x"]]}, "anchors: expected a list of [w, h]"),
+        ({"max_detections": 10**9}, "max_detections: expected 1..10000"),
+        ({"unknown_key": 1}, "not a detector metadata file (TypeError)"),
+    ],
+)
+def test_malformed_metadata_fields_are_named(exports, tmp_path, changes, named):
+    model, meta = edited(exports["tflite"], tmp_path, **changes)
+    with pytest.raises(ValueError) as info:
+        Detector.load(model)
+    assert str(info.value) == f"{meta}: {named}"
