@@ -233,6 +233,7 @@ def evaluate_detections(args: argparse.Namespace, conf: float) -> dict:
 
     entries = read_results(args.detections)
     dataset = load_annotations(args.data, args.split)
+    check_not_empty(dataset, args.data, args.split)
     truth = ground_truth(dataset)
     results, skipped = clean_results(entries, truth.getImgIds(), truth.getCatIds())
     report = skipped_line(args.detections, skipped)
@@ -244,6 +245,13 @@ def evaluate_detections(args: argparse.Namespace, conf: float) -> dict:
         return metrics
     summary = validate_results(truth, results, dataset, out_dir=args.out, conf=conf, voc=args.voc)
     return as_json(summary)
+
+
+def check_not_empty(dataset, spec: str, split: str) -> None:
+    """ValueError naming the spec and split when it has no image: there is nothing to
+    score (pycocotools would report -1, not an AP of 0)."""
+    if not len(dataset.records):
+        raise ValueError(f"--data {spec}: the {split} split has no images; nothing to evaluate")
 
 
 def load_detector(checkpoint: str, input_size: int | None):
@@ -273,7 +281,9 @@ def evaluate_checkpoint(args: argparse.Namespace, conf: float, sizes: list[int])
     model = detector.model if detector.model is not None else detector
     check_sweep(model, sizes)
     cfg, where = run_config(args.checkpoint, meta.source)
-    dataset = load_dataset(args.data or spec_of_run(args.checkpoint, meta.source), args.split)
+    spec = args.data or spec_of_run(args.checkpoint, meta.source)
+    dataset = load_dataset(spec, args.split)
+    check_not_empty(dataset, spec, args.split)
     if len(dataset.names) != len(meta.names):
         from detector.utils.safe_yaml import short
 

@@ -351,3 +351,29 @@ def test_malformed_metadata_fields_are_named(exports, tmp_path, changes, named):
     with pytest.raises(ValueError) as info:
         Detector.load(model)
     assert str(info.value) == f"{meta}: {named}"
+
+
+# --- evaluate: nothing to evaluate is not an AP of 0 ----------------------------------------
+
+
+def empty_val_spec(tmp_path: Path) -> Path:
+    import json
+
+    (tmp_path / "images").mkdir()
+    categories = [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}]
+    gt = {"images": [], "annotations": [], "categories": categories}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    spec = tmp_path / "empty.yaml"
+    spec.write_text("format: coco\nval: {images: images, annotations: gt.json}\n")
+    return spec
+
+
+def test_evaluate_an_empty_split_is_refused(checkpoint, tmp_path, capsys):
+    spec = empty_val_spec(tmp_path)
+    argv = [checkpoint, "--data", spec, "--voc", "--out", tmp_path / "val"]
+    line = one_error(capsys, evaluate_main, argv, str(spec), "the val split has no images")
+    assert "AP" not in line
+    results = tmp_path / "r.json"
+    results.write_text("[]")
+    argv = ["--detections", results, "--data", spec]
+    one_error(capsys, evaluate_main, argv, "the val split has no images")
