@@ -135,11 +135,16 @@ def _claim(candidate: str) -> int | None:
 
 def claim_run_dir(path: str, stack: contextlib.ExitStack) -> str:
     """A fresh run directory, locked until `stack` closes: `path` if it is absent or
-    empty, else the first such ``path-2``, ``path-3``…
+    empty, else the first such ``path-2``, ``path-3``… (`path` naming a file is a
+    ValueError: a typo, not a run to number after).
 
     Race-free between processes: a candidate is ours only once its lock is held and it
     is still empty; a candidate locked by another process is skipped.
     """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"run directory {path}: exists and is not a folder; pass another --run-dir"
+        )
     candidate, n = path, 1
     while (fd := _claim(candidate)) is None:
         n += 1
