@@ -130,11 +130,18 @@ def read_list(path: str) -> list[str]:
     """The image paths of a list file, relative ones joined to the list's folder."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no path
             lines = [line.strip() for line in f]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"SOURCE: cannot read list file {path} ({type(error).__name__})") from None
-    return [os.path.join(folder, line) for line in lines if line and not line.startswith("#")]
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line and line[0] != "#"]
+    others = [n for n, line in numbered if not line.lower().endswith(IMAGE_EXTENSIONS)]
+    if others:  # not a list of images: named by line, never quoted
+        raise ValueError(
+            f"SOURCE: {path}: {len(others)} of its {len(numbered)} lines are not image paths "
+            f"(the first: line {others[0]}); expected one image file a line"
+        )
+    return [os.path.join(folder, line) for _, line in numbered]
 
 
 def image_source(kind: str, source: str, paths: list[str], names: list[str]) -> Source:

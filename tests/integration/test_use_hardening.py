@@ -377,3 +377,51 @@ def test_evaluate_an_empty_split_is_refused(checkpoint, tmp_path, capsys):
     results.write_text("[]")
     argv = ["--detections", results, "--data", spec]
     one_error(capsys, evaluate_main, argv, "the val split has no images")
+
+
+# --- dataset files: never a file's content in a message; a BOM is not part of a path --------
+
+
+SECRET = "SECRET_TOKEN_4f2a line one"
+
+
+def test_a_list_file_that_is_not_an_image_list_is_named_not_quoted(tmp_path, capsys):
+    from detector.cli.data import main as data_main
+
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "secret.txt").write_text(f"{SECRET}.txt\nline two\n")
+    spec = tmp_path / "a" / "b" / "data.yaml"
+    spec.parent.mkdir(parents=True)
+    spec.write_text("path: ../../private\ntrain: secret.txt\nnames: [x]\n")
+    line = one_error(capsys, data_main, ["check", spec], str(private / "secret.txt"))
+    assert "2 of its 2 lines are not image paths (the first: line 1)" in line
+    assert "SECRET" not in line and "line two" not in line
+
+
+def test_predict_on_a_list_file_that_is_not_an_image_list(checkpoint, tmp_path, capsys):
+    (tmp_path / "secret.txt").write_text(f"{SECRET}\n")
+    argv = [checkpoint, tmp_path / "secret.txt", "--out", tmp_path / "o"]
+    line = one_error(capsys, predict_main, argv, str(tmp_path / "secret.txt"), "line 1")
+    assert "SECRET" not in line
+
+
+def test_an_image_list_with_a_bom_and_crlf_reads_every_image(tmp_path):
+    from detector.data.records import Dataset
+    from detector.data.spec import load_dataset
+    from tests.helpers.data import NAMES, make_records, write_yolo
+
+    root = tmp_path / "ds"
+    records = make_records(str(root / "images"), 4)
+    write_yolo(
+        Dataset(records, list(NAMES), [0, 1, 2], None), str(root / "images"), str(root / "labels")
+    )
+    lines = [os.path.relpath(r.path, root) for r in records]
+    (root / "lists").mkdir()  # darknet-style lines: relative to the root, not the list
+    text = "\r\n".join(lines).encode() + b"\r\n"
+    (root / "lists" / "train.txt").write_bytes(b"\xef\xbb\xbf" + text)
+    spec = root / "data.yaml"
+    spec.write_text(f"path: {root}\ntrain: lists/train.txt\nnames: {list(NAMES)}\n")
+    dataset = load_dataset(str(spec), "train")
+    assert sorted(r.path for r in dataset.records) == sorted(r.path for r in records)
+    assert sum(len(r.boxes) for r in dataset.records) == sum(len(r.boxes) for r in records)
