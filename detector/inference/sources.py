@@ -8,6 +8,7 @@ or, for a file that cannot be read, the reason, so that one bad file never ends 
 
 import glob
 import os
+import sys
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -198,7 +199,8 @@ def video_source(path: str) -> Source:
         raise ValueError(f"SOURCE: cannot open video {path}")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or None
-    return Source("video", video_frames(capture, os.path.basename(path), path), total, fps)
+    frames = video_frames(capture, os.path.basename(path), path, total)
+    return Source("video", frames, total, fps)
 
 
 def webcam_source(index: int) -> Source:
@@ -211,13 +213,23 @@ def webcam_source(index: int) -> Source:
     return Source("webcam", video_frames(capture, f"webcam{index}.mp4", None), None, fps)
 
 
-def video_frames(capture: cv2.VideoCapture, name: str, path: str | None) -> Iterator[Frame]:
-    """The frames an OpenCV capture reads, as RGB; it is released at the end."""
+def video_frames(
+    capture: cv2.VideoCapture, name: str, path: str | None, total: int | None = None
+) -> Iterator[Frame]:
+    """The frames an OpenCV capture reads, as RGB; it is released at the end. A video
+    that ends before the `total` frames its header announces is said on stderr (a cut or
+    damaged file), its frames read so far kept."""
     try:
         index = 0
         while True:
             ok, image = capture.read()
             if not ok:
+                if total and index < total:
+                    print(
+                        f"warning: {path}: the video ended after {index} of its {total} "
+                        "frames (the file is cut or damaged)",
+                        file=sys.stderr,
+                    )
                 return
             index += 1
             rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -425,3 +425,17 @@ def test_an_image_list_with_a_bom_and_crlf_reads_every_image(tmp_path):
     dataset = load_dataset(str(spec), "train")
     assert sorted(r.path for r in dataset.records) == sorted(r.path for r in records)
     assert sum(len(r.boxes) for r in dataset.records) == sum(len(r.boxes) for r in records)
+
+
+def test_a_cut_video_is_said(checkpoint, tmp_path, capsys):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(30):
+        writer.write(np.full((48, 64, 3), i * 8, np.uint8))
+    writer.release()
+    os.truncate(video, video.stat().st_size // 2)
+    argv = [str(checkpoint), str(video), "--out", str(tmp_path / "o"), "--no-save-img"]
+    assert predict_main(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {video}: the video ended")
+    assert warnings[0].endswith("of its 30 frames (the file is cut or damaged)")
