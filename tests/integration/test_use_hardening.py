@@ -439,3 +439,30 @@ def test_a_cut_video_is_said(checkpoint, tmp_path, capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: {video}: the video ended")
     assert warnings[0].endswith("of its 30 frames (the file is cut or damaged)")
+
+
+def test_a_nul_byte_in_one_coco_file_name_skips_that_image_only(tmp_path):
+    import json
+
+    from detector.data.spec import load_dataset
+    from tests.helpers.data import make_records
+
+    records = make_records(str(tmp_path / "images"), 3)
+    images = [
+        {
+            "id": r.image_id,
+            "file_name": os.path.basename(r.path),
+            "width": r.width,
+            "height": r.height,
+        }
+        for r in records
+        if "sub" not in r.path
+    ]
+    images[0]["file_name"] = "img0\x00.jpg"
+    gt = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("format: coco\nval: {images: images, annotations: gt.json}\n")
+    dataset = load_dataset(str(spec), "val")
+    assert [os.path.basename(r.path) for r in dataset.records] == ["img1.jpg", "img2.jpg"]
+    assert dataset.problems["annotation_malformed"] == 1
