@@ -36,7 +36,7 @@ from detector.data.tfrecord import pack_split
 from detector.engine.build import make_augmenter
 from detector.model.anchors import box_shapes, kmeans_anchors, mean_best_iou
 from detector.model.grid import STRIDE
-from detector.utils.atomic import atomic_write_json, atomic_write_text
+from detector.utils.atomic import atomic_write_json, atomic_write_text, describe_os_error
 
 
 def summarize(dataset: Dataset) -> dict:
@@ -226,4 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write the system refuses (read-only, disk full, a file)
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2

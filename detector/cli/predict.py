@@ -3,11 +3,16 @@ webcam, written as drawn images, YOLO labels and COCO JSON. Bad input is one ``e
 line on stderr, exit 2."""
 
 import argparse
-import os
+import contextlib
 import sys
 import warnings
 
 from detector.cli.train import Parser, load_detector
+from detector.utils.atomic import describe_os_error
+from detector.utils.limits import check_batch_size, check_input_size, check_max_det
+from detector.utils.runlock import run_lock
+
+OUT_HOLDER = "(another predict.py); wait for it or pass another --out"
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -37,11 +42,10 @@ def check_predict_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--conf", args.conf), ("--iou", args.iou)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{flag}: expected a number in [0, 1], got {value}")
-    for flag, value in (("--max-det", args.max_det), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise ValueError(f"{flag}: expected an integer >= 1, got {value}")
-    if args.input_size is not None and (args.input_size <= 0 or args.input_size % 32):
-        raise ValueError(f"--input-size: expected a multiple of 32, got {args.input_size}")
+    check_max_det("--max-det", args.max_det)
+    if args.input_size is not None:
+        check_input_size("--input-size", args.input_size)
+    check_batch_size("--batch-size", args.batch_size, args.input_size or 0)
     if args.data and not args.save_json:
         raise ValueError("--data: only the JSON uses it; add --save-json")
 
@@ -67,14 +71,15 @@ def one_line_warning(message, category, filename, lineno, file=None, line=None) 
 def predict_main(argv=None) -> int:
     args = predict_parser().parse_args(argv)
     try:
-        run = prepare_predict(args)
-    except (ValueError, OSError) as error:  # OSError: a path the system refuses
+        with contextlib.ExitStack() as stack:
+            run = prepare_predict(args, stack)
+            done = run_quietly(run)
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:
-        with warnings.catch_warnings():  # restores showwarning after the run
-            warnings.showwarning = one_line_warning
-            done = run()
+    except OSError as error:  # a write the system refuses (read-only, disk full)
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -84,8 +89,17 @@ def predict_main(argv=None) -> int:
     return 0
 
 
-def prepare_predict(args: argparse.Namespace):
-    """Checks the arguments, opens the source and loads the model; returns the run."""
+def run_quietly(run) -> dict:
+    """``run()`` with its warnings printed as one ``warning:`` line each."""
+    with warnings.catch_warnings():  # restores showwarning after the run
+        warnings.showwarning = one_line_warning
+        return run()
+
+
+def prepare_predict(args: argparse.Namespace, stack: contextlib.ExitStack):
+    """Checks the arguments, opens the source, loads the model and claims the output
+    folder (an ``--out`` is locked until `stack` closes: one run writes it at a time);
+    returns the run."""
     from detector.inference.outputs import (
         ImageIds,
         Writers,
@@ -105,6 +119,8 @@ def prepare_predict(args: argparse.Namespace):
 
         image_ids = ImageIds(load_annotations(args.data, args.split))
     detector = load_detector(args.checkpoint, args.input_size)
+    size = args.input_size or detector.metadata.input_size
+    check_batch_size("--batch-size", args.batch_size, size)
     settings = {
         "conf": args.conf,
         "iou": args.iou,
@@ -113,8 +129,10 @@ def prepare_predict(args: argparse.Namespace):
         "classes": class_ids(args.classes, detector.names),
         "input_size": args.input_size,
     }
-    folder = args.out or output_dir(run_folder(args.checkpoint))
-    os.makedirs(folder, exist_ok=True)
+    if args.out:
+        folder = stack.enter_context(run_lock(args.out, "--out", OUT_HOLDER))
+    else:
+        folder = output_dir(run_folder(args.checkpoint))
     save = (not args.no_save_img, args.save_txt, args.save_json)
     writers = Writers(folder, *save, image_ids=image_ids, fps=source.fps)
     return lambda: run_predictions(detector, source, writers, settings, args.batch_size)

@@ -144,15 +144,22 @@ def evaluate_main(argv=None) -> int:
         parser.error("give either CHECKPOINT or --detections RESULTS.json")
     if args.detections and not args.data:
         parser.error("--detections needs --data SPEC (the ground truth)")
+    from detector.utils.atomic import check_writable, describe_os_error
+
     try:
+        if args.json:  # before the evaluation, not after it
+            check_writable("--json", args.json)
         output = evaluate_command(args)
-    except (ValueError, OSError) as error:  # OSError: a path the system refuses
+        if args.json:
+            from detector.evaluation.coco import write_json
+
+            write_json(output, args.json)
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.json:
-        from detector.evaluation.coco import write_json
-
-        write_json(output, args.json)
+    except OSError as error:  # a path the system refuses
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -161,11 +168,14 @@ def check_evaluate_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--conf", args.conf), ("--iou", args.iou)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{flag}: expected a number in [0, 1], got {value}")
-    for flag, value in (("--max-det", args.max_det), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag}: expected an integer >= 1, got {value}")
-    if args.input_size is not None and (args.input_size <= 0 or args.input_size % 32):
-        raise ValueError(f"--input-size: expected a multiple of 32, got {args.input_size}")
+    from detector.utils.limits import check_batch_size, check_input_size, check_max_det
+
+    if args.max_det is not None:
+        check_max_det("--max-det", args.max_det)
+    if args.input_size is not None:
+        check_input_size("--input-size", args.input_size)
+    if args.batch_size is not None:
+        check_batch_size("--batch-size", args.batch_size, args.input_size or 0)
     if not args.detections:
         return
     model_only = {"--iou": args.iou, "--max-det": args.max_det, "--sizes": args.sizes}
@@ -181,7 +191,9 @@ def check_evaluate_flags(args: argparse.Namespace) -> None:
 
 def parse_sizes(text: str | None) -> list[int]:
     """``--sizes 224,288`` -> [224, 288]; ValueError naming --sizes unless each is a
-    positive multiple of 32."""
+    positive multiple of 32 up to `detector.utils.limits.MAX_INPUT_SIZE`."""
+    from detector.utils.limits import check_input_size
+
     parts = [] if text is None else [part.strip() for part in text.split(",")]
     sizes = [int(part) if part.isdigit() else 0 for part in parts]
     bad = [part for part, size in zip(parts, sizes, strict=True) if size <= 0 or size % 32]
@@ -189,6 +201,8 @@ def parse_sizes(text: str | None) -> list[int]:
         raise ValueError(
             f"--sizes: expected positive multiples of 32 (224,288,...), got {bad[0]!r}"
         )
+    for size in sizes:
+        check_input_size("--sizes", size)
     return sizes
 
 
@@ -217,6 +231,7 @@ def evaluate_detections(args: argparse.Namespace, conf: float) -> dict:
 
     entries = read_results(args.detections)
     dataset = load_annotations(args.data, args.split)
+    check_not_empty(dataset, args.data, args.split)
     truth = ground_truth(dataset)
     results, skipped = clean_results(entries, truth.getImgIds(), truth.getCatIds())
     report = skipped_line(args.detections, skipped)
@@ -228,6 +243,13 @@ def evaluate_detections(args: argparse.Namespace, conf: float) -> dict:
         return metrics
     summary = validate_results(truth, results, dataset, out_dir=args.out, conf=conf, voc=args.voc)
     return as_json(summary)
+
+
+def check_not_empty(dataset, spec: str, split: str) -> None:
+    """ValueError naming the spec and split when it has no image: there is nothing to
+    score (pycocotools would report -1, not an AP of 0)."""
+    if not len(dataset.records):
+        raise ValueError(f"--data {spec}: the {split} split has no images; nothing to evaluate")
 
 
 def load_detector(checkpoint: str, input_size: int | None):
@@ -257,11 +279,15 @@ def evaluate_checkpoint(args: argparse.Namespace, conf: float, sizes: list[int])
     model = detector.model if detector.model is not None else detector
     check_sweep(model, sizes)
     cfg, where = run_config(args.checkpoint, meta.source)
-    dataset = load_dataset(args.data or spec_of_run(args.checkpoint, meta.source), args.split)
+    spec = args.data or spec_of_run(args.checkpoint, meta.source)
+    dataset = load_dataset(spec, args.split)
+    check_not_empty(dataset, spec, args.split)
     if len(dataset.names) != len(meta.names):
+        from detector.utils.safe_yaml import short
+
         raise ValueError(
-            f"the dataset has {len(dataset.names)} classes, the checkpoint "
-            f"{len(meta.names)} ({meta.names})"
+            f"the dataset has {len(dataset.names)} classes {short(dataset.names)}, the "
+            f"checkpoint {len(meta.names)} {short(meta.names)}"
         )
     kwargs = eval_kwargs(cfg.eval if cfg else EvalConfig())
     flags = {"nms_iou": args.iou, "max_detections": args.max_det, "batch_size": args.batch_size}
@@ -276,6 +302,10 @@ def evaluate_checkpoint(args: argparse.Namespace, conf: float, sizes: list[int])
         kwargs["max_detections"] = min(kwargs["max_detections"], meta.max_detections)
         kwargs["score_threshold"] = max(kwargs["score_threshold"], meta.score_threshold)
     input_size = args.input_size or meta.input_size
+    from detector.utils.limits import check_batch_size
+
+    flag = "--batch-size" if args.batch_size else f"eval.batch_size ({where if cfg else 'default'})"
+    check_batch_size(flag, kwargs["batch_size"], max([input_size, *sizes]))
     print(
         f"{args.checkpoint} on {args.split} ({len(dataset.records)} images, {input_size} px): "
         f"score >= {kwargs['score_threshold']:g}, NMS IoU {kwargs['nms_iou']:g}, "

@@ -160,8 +160,8 @@ def _images(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Image ids (I,) int64, heights (I,) and widths (I,) float64 pixels, file names.
 
-    Entries without an int id, a file name and positive width and height are skipped;
-    a repeated id keeps its first entry.
+    Entries without an int id, a file name (a NUL byte in it is none) and positive width
+    and height are skipped; a repeated id keeps its first entry.
     """
     images = data.get("images")
     if not isinstance(images, list):
@@ -172,14 +172,15 @@ def _images(
             isinstance(image, dict)
             and _is_int(image.get("id"))
             and isinstance(image.get("file_name"), str)
+            and "\x00" not in image["file_name"]  # no file system takes it
             and all(_is_size(image.get(k)) for k in ("width", "height"))
             and image["id"] not in seen
         )
         if not ok:
             problems.add(
                 "annotation_malformed",
-                f"{path}: images[{i}]: expected a new int id, file_name and width and "
-                "height in [1, 2**31)",
+                f"{path}: images[{i}]: expected a new int id, a file_name (without NUL "
+                "bytes) and width and height in [1, 2**31)",
             )
             continue
         seen.add(image["id"])

@@ -3,15 +3,16 @@ of each image found by the Ultralytics / darknet convention.
 
 Used by the Ultralytics dataset YAML (`detector.data.ultralytics`) and darknet's
 ``obj.data`` (`detector.data.darknet_data`): a split is one or more sources, each a folder
-(its images, recursively) or a list file (one image path a line; blank lines and lines
-starting with ``#`` are skipped). The split's images are all of them, sorted by path
-(duplicates kept, as Ultralytics does), and the label of ``.../images/a/b.jpg`` is
-``.../labels/a/b.txt`` (`label_path`).
+(its images, recursively) or a list file (one image path a line, UTF-8 with or without
+a byte-order mark; blank lines and lines starting with ``#`` are skipped; any other line
+not ending in an image extension refuses the file, by line number). The split's images
+are all of them, sorted by path (duplicates kept, as Ultralytics does), and the label of
+``.../images/a/b.jpg`` is ``.../labels/a/b.txt`` (`label_path`).
 """
 
 import os
 
-from detector.data.files import list_images
+from detector.data.files import IMAGE_EXTENSIONS, list_images
 from detector.data.image_checks import MAX_PIXELS
 from detector.data.records import Dataset
 from detector.data.yolo import read_yolo_files
@@ -42,12 +43,20 @@ def read_list(path: str, root: str) -> list[str]:
     every relative path of the list is relative to `root` (darknet's lines are relative
     to its working directory, the dataset root).
     """
-    try:
-        with open(path, encoding="utf-8") as f:
+    try:  # utf-8-sig: a byte-order mark is not part of the first path
+        with open(path, encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f.read().splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read the image list ({e.__class__.__name__})") from None
-    entries = [line for line in lines if line and not line.startswith("#")]
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line and line[0] != "#"]
+    others = [n for n, line in numbered if not line.lower().endswith(IMAGE_EXTENSIONS)]
+    if others:  # a file that is no image list: named, never quoted
+        raise ValueError(
+            f"{path}: {len(others)} of its {len(numbered)} lines are not image paths (the "
+            f"first: line {others[0]}); expected one image file ({', '.join(IMAGE_EXTENSIONS)}) "
+            "a line"
+        )
+    entries = [line for _, line in numbered]
     base = os.path.dirname(path)
     relative = [e for e in entries if not os.path.isabs(e)]
     if relative:

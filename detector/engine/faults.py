@@ -18,7 +18,6 @@ the saved weights do not fit, or another albumentations stage, naming the keys t
 """
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from collections.abc import Iterator
 
 from detector.config.schema import Config, load_config
 from detector.engine.state import STATE_DIR, newest_pair
+from detector.utils.atomic import describe_os_error as describe_refusal
 from detector.utils.safe_yaml import short
 
 # model.* keys that change the network's variables (input_size does not: fully conv).
@@ -75,17 +75,8 @@ def describe_op_error(error) -> str:
 
 def describe_os_error(error: OSError) -> str:
     """One line for a refused write: the file and the system's reason (disk full,
-    read-only file system, permission) with what to do about it."""
-    what = error.strerror or short(str(error))
-    where = f" writing {error.filename}" if error.filename else ""
-    advice = {
-        errno.ENOSPC: "free some space",
-        errno.EDQUOT: "free some space (disk quota)",
-        errno.EROFS: "make the file system writable",
-        errno.EACCES: "give this user write permission",
-        errno.EPERM: "give this user write permission",
-    }.get(error.errno, "fix the cause")
-    return f"{what}{where} ({advice}, then resume)"
+    read-only file system, permission) with what to do about it, then resume."""
+    return describe_refusal(error, then=", then resume")
 
 
 @contextlib.contextmanager

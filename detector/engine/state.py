@@ -99,7 +99,10 @@ def _logged_epochs(path: str) -> int:
 
 def resume_point(run_dir: str, repair: bool = True) -> dict | None:
     """The metadata `resolve` finds, or None when the run saved nothing yet (stopped
-    during its first epoch: it starts again from epoch 0 losing nothing).
+    during its first epoch: it starts again from epoch 0 in place, losing nothing). The
+    epoch's metrics.csv row is written just before its state, so a run whose first state
+    write was refused (disk full) logs one epoch and has no state: that is a start again
+    too (`prepare_run` cuts the row), as the run's own message said.
 
     Raises:
         ValueError: there is no complete state but the run got further (state files
@@ -114,7 +117,7 @@ def resume_point(run_dir: str, repair: bool = True) -> dict | None:
     names = [WEIGHTS, METADATA, WEIGHTS + ".bkp", METADATA + ".bkp"]
     present = [name for name in names if os.path.exists(os.path.join(folder, name))]
     logged = _logged_epochs(os.path.join(run_dir, "metrics.csv"))
-    if not present and not logged:
+    if not present and logged <= 1:  # the first epoch's state write failed: start again
         return None
     found = (
         f"{', '.join(present)} in {folder} are damaged (their size or CRC32 does not match "

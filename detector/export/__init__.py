@@ -36,6 +36,7 @@ import tensorflow as tf
 from detector.inference.runtimes import Metadata, load_keras, metadata_path
 from detector.model.postprocess import decode, portable_nms
 from detector.utils.atomic import atomic_write_bytes
+from detector.utils.limits import check_input_size, check_max_det
 
 FORMATS = ("saved_model", "tflite", "onnx")
 INPUT_NAME = "images"
@@ -58,6 +59,7 @@ def export(
     score_threshold: float = 0.005,
     iou_threshold: float = 0.45,
     max_detections: int = 100,
+    force: bool = False,
 ) -> str:
     """Exports a checkpoint; returns the artifact's path (its metadata JSON beside it).
 
@@ -74,9 +76,13 @@ def export(
         input_size: int or None. Input side S, a multiple of 32. Defaults to the
             checkpoint's.
         score_threshold, iou_threshold, max_detections: the NMS settings baked in.
+        force: bool. Replace an existing `out` (never the checkpoint itself; the default
+            path beside the checkpoint is always replaced). Defaults to False.
     """
     checkpoint, out = os.fspath(checkpoint), out and os.fspath(out)
     quantization = _check_arguments(checkpoint, format, half, int8, data, input_size)
+    if out:
+        _check_out(checkpoint, out, format, force)
     _check_nms_settings(score_threshold, iou_threshold, max_detections)
     model = load_float32(checkpoint)
     metadata = Metadata.of_model(
@@ -128,9 +134,23 @@ def _check_arguments(checkpoint, format, half, int8, data, input_size) -> str:
         raise ValueError("--half and --int8: choose one")
     if int8 and not data:
         raise ValueError("--int8 needs --data SPEC (its train split calibrates the ranges)")
-    if input_size is not None and (input_size <= 0 or input_size % 32):
-        raise ValueError(f"--input-size must be a positive multiple of 32, got {input_size}")
+    if input_size is not None:
+        check_input_size("--input-size", input_size)
     return "int8" if int8 else "float16" if half else "float32"
+
+
+def _check_out(checkpoint: str, out: str, format: str, force: bool) -> None:
+    """ValueError naming ``--out`` when it is the checkpoint (or its metadata would be),
+    or exists and `force` is not given."""
+    own = [os.path.realpath(checkpoint)]
+    if os.path.realpath(out) in own or os.path.realpath(metadata_path(out)) in own:
+        raise ValueError(f"--out: {out} is the checkpoint being exported; give another path")
+    if not os.path.lexists(out):
+        return
+    if not force:
+        raise ValueError(f"--out: {out} exists; pass --force to replace it")
+    if format != "saved_model" and os.path.isdir(out):
+        raise ValueError(f"--out: {out} is a folder; a {format} export is a file")
 
 
 def _check_nms_settings(score_threshold, iou_threshold, max_detections) -> None:
@@ -138,8 +158,7 @@ def _check_nms_settings(score_threshold, iou_threshold, max_detections) -> None:
         raise ValueError(f"--conf must be in [0, 1), got {score_threshold}")
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"--iou must be in (0, 1], got {iou_threshold}")
-    if max_detections < 1:
-        raise ValueError(f"--max-det must be at least 1, got {max_detections}")
+    check_max_det("--max-det", max_detections)
 
 
 def default_path(checkpoint: str, format: str, quantization: str, nms: bool = True) -> str:

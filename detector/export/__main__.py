@@ -6,7 +6,9 @@ import sys
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from detector.cli.train import Parser  # bad arguments: one error line, exit 2
+
+    p = Parser(
         prog="python -m detector.export",
         description="Export a checkpoint with decoding and NMS inside (see also: "
         "python -m detector.export benchmark -h).",
@@ -24,6 +26,7 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset spec whose train split calibrates --int8")
     p.add_argument("--input-size", type=int, help="default: the checkpoint's input size")
     p.add_argument("--out", help="artifact path (default: beside the checkpoint)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--conf", type=float, default=0.005, help="NMS score threshold")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=100, help="detections per image")
@@ -31,9 +34,10 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def benchmark_parser() -> argparse.ArgumentParser:
+    from detector.cli.train import Parser
     from detector.export.benchmark import VARIANTS
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m detector.export benchmark",
         description="Export a checkpoint in several formats; print size, COCO AP and "
         "batch-1 latency of each in one table.",
@@ -58,8 +62,13 @@ def main(argv=None) -> int:
         if argv[:1] == ["benchmark"]:
             return run_benchmark(benchmark_parser().parse_args(argv[1:]))
         return run_export(export_parser().parse_args(argv))
-    except (ValueError, OSError) as error:  # OSError: a path the system refuses
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path the system refuses
+        from detector.utils.atomic import describe_os_error
+
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 2
 
 
@@ -78,6 +87,7 @@ def run_export(args: argparse.Namespace) -> int:
         score_threshold=args.conf,
         iou_threshold=args.iou,
         max_detections=args.max_det,
+        force=args.force,
     )
     print(f"exported {path}")
     return 0

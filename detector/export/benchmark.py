@@ -82,7 +82,8 @@ def _artifact(checkpoint: str, name: str, data: str, folder: str) -> str:
     if settings is None:
         return checkpoint
     out = os.path.join(folder, name + EXTENSIONS[settings["format"]])
-    return export(checkpoint, out=out, data=data if settings.get("int8") else None, **settings)
+    calibration = data if settings.get("int8") else None  # a --work-dir's own files: replaced
+    return export(checkpoint, out=out, data=calibration, force=True, **settings)
 
 
 def _size(path: str) -> int:

@@ -31,9 +31,10 @@ from detector.inference.forward import make_predict_fn
 from detector.inference.results import Result, coco_results, draw_boxes
 from detector.inference.runtimes import Metadata, Runtime, keras_runtime, load_keras, load_runtime
 from detector.inference.sources import as_inputs, batched
-from detector.model.grid import STRIDE
 from detector.model.network import head_metadata
 from detector.utils.boxes import iou_xyxy, to_image_pixels
+from detector.utils.limits import check_batch_size, check_max_det
+from detector.utils.limits import check_input_size as check_side
 
 NO_BOXES = np.zeros((0, 4), np.float32)
 MAX_CACHED_RUNTIMES = 4  # compiled NMS variants a Detector keeps (one per settings)
@@ -73,8 +74,7 @@ def check_settings(conf, iou, max_det, classes, num_classes: int) -> None:
         raise ValueError(f"conf: expected a score in [0, 1], got {conf}")
     if not 0.0 <= iou <= 1.0:
         raise ValueError(f"iou: expected an IoU in [0, 1], got {iou}")
-    if int(max_det) != max_det or max_det < 1:
-        raise ValueError(f"max_det: expected an integer >= 1, got {max_det}")
+    check_max_det("max_det", max_det)
     bad = [c for c in classes or () if not 0 <= c < num_classes or int(c) != c]
     if bad:
         raise ValueError(f"classes: {bad} not class indices 0..{num_classes - 1}")
@@ -166,21 +166,25 @@ class Detector:
             conf: float. Lowest score kept. Defaults to 0.25.
             iou: float. NMS IoU: a box overlapping a better one of its class (of any
                 class with `agnostic`) by more goes. Defaults to 0.45.
-            max_det: int. Detections kept per image. Defaults to 100.
+            max_det: int. Detections kept per image, at most
+                `detector.utils.limits.MAX_DETECTIONS`. Defaults to 100.
             agnostic: bool. Also suppress overlapping boxes of different classes.
                 Defaults to False.
             classes: class ids to keep, or None for all. Defaults to None.
             input_size: int or None. Network input side (a multiple of 32; an export
                 takes only its own). Defaults to the checkpoint's.
             bgr: bool. Numpy images are BGR. Defaults to False (RGB).
-            batch_size: int. Images per forward pass. Defaults to 16.
+            batch_size: int. Images per forward pass, at most
+                `detector.utils.limits.MAX_BATCH_SIZE` and within the memory available
+                (`detector.utils.limits.check_batch_size`). Defaults to 16.
         """
         size = self.check_input_size(input_size)
         check_settings(conf, iou, max_det, classes, len(self.metadata.names))
+        batch_size = check_batch_size("batch_size", batch_size, size)
         settings = {"conf": conf, "iou": iou, "max_det": max_det}
         settings.update(agnostic=agnostic, classes=classes)
         results = []
-        for batch in batched(as_inputs(sources, bgr), max(1, int(batch_size))):
+        for batch in batched(as_inputs(sources, bgr), batch_size):
             results += self._predict_batch(batch, size, settings)
         return results
 
@@ -206,10 +210,9 @@ class Detector:
 
     def check_input_size(self, input_size: int | None) -> int:
         """The network input side to use: `input_size` or the checkpoint's; ValueError if
-        it is not a multiple of 32 or, for an export, not its own."""
-        size = int(input_size or self.metadata.input_size)
-        if size <= 0 or size % STRIDE:
-            raise ValueError(f"input_size: expected a multiple of {STRIDE}, got {size}")
+        it is not a multiple of 32 up to `detector.utils.limits.MAX_INPUT_SIZE` or, for an
+        export, not its own."""
+        size = check_side("input_size", input_size or self.metadata.input_size)
         if self.model is None and size != self.metadata.input_size:
             raise ValueError(
                 f"input_size: this {self.metadata.format} model takes "
@@ -226,6 +229,11 @@ class Detector:
         detections = self.forward(inputs, **settings)
         results = []
         for (image, path), (boxes, scores, labels) in zip(batch, detections, strict=True):
+            if len(labels) and int(labels.max()) >= len(self.metadata.names):
+                raise ValueError(
+                    f"{self.path or 'the model'}: returned class {int(labels.max())}, its "
+                    f"metadata names {len(self.metadata.names)} classes; export it again"
+                )
             height, width = image.shape[:2]
             results.append(
                 Result(

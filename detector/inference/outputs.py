@@ -2,12 +2,15 @@
 
 Outputs, all under one folder: the images with their detections drawn (a video's frames
 as an mp4 of the same name), ``labels/<stem>.txt`` in YOLO format (``class cx cy w h
-conf``, normalised to the image; a video frame's stem carries its number; images whose
-names differ only in extension keep it), and ``predictions.json``, COCO results with the
+conf``, normalised to the image; a video frame's stem carries its number; an image whose
+stem another label would have too keeps its extension,
+`detector.inference.sources.label_names`), and ``predictions.json``, COCO results with the
 checkpoint's category ids and, when a dataset is given, its image ids matched by file
-name (else each entry carries ``file_name``).
+name (else each entry carries ``file_name``). Every file is written under a temporary name
+and renamed once complete (an mp4 when its video ends), as `detector.utils.atomic` does.
 """
 
+import contextlib
 import itertools
 import os
 import sys
@@ -22,7 +25,12 @@ from detector.data.records import Dataset
 from detector.inference.detector import Detector
 from detector.inference.results import Result
 from detector.inference.sources import Frame, Source, batched
-from detector.utils.atomic import atomic_write_json
+from detector.utils.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from detector.utils.boxes import xyxy_to_cxcywh
 
 VIDEO_FPS = 30.0  # when a video or webcam does not say
@@ -98,6 +106,7 @@ class Writers:
         self.results = [] if save_json else None
         self.image_ids, self.fps = image_ids, fps or VIDEO_FPS
         self.videos: dict[str, cv2.VideoWriter] = {}
+        self._pending = contextlib.ExitStack()  # the videos' atomic writes
         self.images = self.unmatched = 0
 
     def write(self, frame: Frame, result: Result) -> None:
@@ -105,9 +114,7 @@ class Writers:
             self._image(frame, result.plot(frame.image))
         if self.save_txt:
             path = os.path.join(self.folder, "labels", frame.stem + ".txt")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in yolo_lines(result)))
+            atomic_write_text(path, "".join(line + "\n" for line in yolo_lines(result)))
         if self.results is not None:
             self._coco(frame, result)
 
@@ -115,15 +122,21 @@ class Writers:
         bgr = cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)
         if not frame.video:
             path = os.path.join(self.folder, frame.name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if not cv2.imwrite(path, bgr):
-                print(f"warning: {path}: could not write the drawn image", file=sys.stderr)
+            try:
+                ok, data = cv2.imencode(os.path.splitext(path)[1], bgr)
+            except cv2.error:
+                ok = False
+            if not ok:
+                print(f"warning: {path}: could not encode the drawn image", file=sys.stderr)
+                return
+            atomic_write_bytes(path, data.tobytes())
             return
-        if frame.name not in self.videos:
+        if frame.name not in self.videos:  # renamed into place once complete (close)
             path = os.path.join(self.folder, os.path.splitext(frame.name)[0] + ".mp4")
+            tmp = self._pending.enter_context(atomic_path(path, ".mp4"))
             size = (bgr.shape[1], bgr.shape[0])
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            self.videos[frame.name] = cv2.VideoWriter(path, fourcc, self.fps, size)
+            self.videos[frame.name] = cv2.VideoWriter(tmp, fourcc, self.fps, size)
         self.videos[frame.name].write(bgr)
 
     def _coco(self, frame: Frame, result: Result) -> None:
@@ -139,9 +152,10 @@ class Writers:
             self.results += result.to_coco(image_id)
 
     def close(self) -> None:
-        """Finishes the videos and writes ``predictions.json``."""
+        """Finishes the videos (renamed into place) and writes ``predictions.json``."""
         for video in self.videos.values():
             video.release()
+        self._pending.close()
         if self.results is not None:
             atomic_write_json(os.path.join(self.folder, "predictions.json"), self.results)
 

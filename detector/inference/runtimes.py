@@ -77,15 +77,94 @@ class Metadata:
 
     @classmethod
     def load(cls, path: str) -> "Metadata":
-        """Reads a metadata JSON; a missing or malformed file is a ValueError naming it."""
+        """Reads a metadata JSON; a missing or malformed file, or a field of the wrong
+        type, is a ValueError naming the file (and the field), never quoting it."""
         if not os.path.isfile(path):
             raise ValueError(f"no metadata beside the exported model: {path} not found")
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            return cls(**data)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{path}: not a detector metadata file ({error})") from None
+            metadata = cls(**data)
+        except (ValueError, TypeError, RecursionError) as error:
+            what = type(error).__name__
+            raise ValueError(f"{path}: not a detector metadata file ({what})") from None
+        problem = metadata.problem()
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+        return metadata
+
+    def problem(self) -> str | None:
+        """What is wrong with the fields' types or ranges (the first thing), or None."""
+        from detector.utils.limits import MAX_DETECTIONS, MAX_INPUT_SIZE
+
+        checks = [  # in order: a later check may rely on an earlier one
+            ("names", lambda: _list_of(self.names, str), "a list of class names"),
+            ("category_ids", lambda: _list_of(self.category_ids, int), "a list of integers"),
+            ("category_ids", lambda: len(self.category_ids) == len(self.names), "one per name"),
+            ("input_size", lambda: _within(self.input_size, 1, MAX_INPUT_SIZE), "pixels"),
+            ("anchors", lambda: _list_of(self.anchors, list), "a list of [w, h]"),
+            (
+                "anchors",
+                lambda: all(len(a) == 2 and _list_of(a, float) for a in self.anchors),
+                "a list of [w, h]",
+            ),
+            ("max_detections", lambda: _within(self.max_detections, 1, MAX_DETECTIONS), "1.."),
+            ("score_threshold", lambda: _within(self.score_threshold, 0, 1, float), "in [0, 1]"),
+            ("iou_threshold", lambda: _within(self.iou_threshold, 0, 1, float), "in [0, 1]"),
+        ]
+        bounds = {"input_size": f" in 1..{MAX_INPUT_SIZE}", "max_detections": f"{MAX_DETECTIONS}"}
+        for key, ok, expected in checks:
+            if not ok():
+                return f"{key}: expected {expected}{bounds.get(key, '')}"
+        return None
+
+    def check_network(self, network: "Network", where: str) -> None:
+        """ValueError naming `where` (the metadata file) when it does not describe the
+        network beside it: another input size, or names and anchors that do not make the
+        network's outputs per grid cell (anchors x (5 + classes)). Counts, not names."""
+        wrong = []
+        if network.input_size is not None and network.input_size != self.input_size:
+            wrong.append(f"input_size {self.input_size} (the model takes {network.input_size})")
+        per_cell = len(self.anchors) * (5 + len(self.names))
+        if network.per_cell is not None and network.per_cell != per_cell:
+            wrong.append(
+                f"{len(self.names)} class names with {len(self.anchors)} anchors, "
+                f"{per_cell} outputs per grid cell (the network has {network.per_cell})"
+            )
+        if wrong:
+            raise ValueError(
+                f"{where} does not describe the model beside it: {'; '.join(wrong)}; "
+                "export the checkpoint again"
+            )
+
+
+@dataclass
+class Network:
+    """What an exported artifact itself says about its network (None: it does not say).
+
+    Attributes:
+        input_size: int or None. Side of its input, pixels.
+        per_cell: int or None. Raw outputs per grid cell: anchors x (5 + classes).
+    """
+
+    input_size: int | None = None
+    per_cell: int | None = None
+
+
+def _list_of(value, kind) -> bool:
+    """A non-empty list of `kind` (an int is a float too; a bool is no number)."""
+    kind = int | float if kind is float else kind
+    return (
+        isinstance(value, list)
+        and value != []
+        and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+    )
+
+
+def _within(value, low, high, kind=int) -> bool:
+    """A `kind` number (an int is a float too; never a bool) in [low, high]."""
+    kinds = int | float if kind is float else int
+    return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
 
 
 def metadata_path(artifact: str) -> str:
@@ -185,7 +264,8 @@ def load_runtime(path: str, **settings) -> Runtime:
     else:
         raise ValueError(f"{path}: not a .keras checkpoint, SavedModel folder, .tflite or .onnx")
     metadata = Metadata.load(metadata_path(path))
-    call, batch_size = loader(path)
+    call, batch_size, network = loader(path)
+    metadata.check_network(network, metadata_path(path))
     try:
         return exported_runtime(call, metadata, batch_size, **settings)
     except ValueError as error:
@@ -290,33 +370,42 @@ def _make_postprocess_fn(anchors, score_threshold=0.005, iou_threshold=0.45, max
     return postprocess
 
 
-def _saved_model_call(path: str) -> tuple[Callable, int | None]:
+def _saved_model_call(path: str) -> tuple[Callable, int | None, Network]:
     import tensorflow as tf
 
     loaded = tf.saved_model.load(path)
-    batch = loaded.signatures["serving_default"].structured_input_signature[1]["images"].shape[0]
+    shape = loaded.signatures["serving_default"].structured_input_signature[1]["images"].shape
+    kernels = [v for v in loaded.variables if v.shape.rank == 4]  # the last is the head's
 
     def call(images):  # keeps `loaded` alive: its signature needs its variables
         outputs = loaded.signatures["serving_default"](images=tf.constant(images))
         return {name: t.numpy() for name, t in outputs.items()}
 
-    return call, batch
+    per_cell = int(kernels[-1].shape[-1]) if kernels else None
+    return call, shape[0], Network(shape[1], per_cell)
 
 
-def _tflite_call(path: str) -> tuple[Callable, int | None]:
+def _tflite_call(path: str) -> tuple[Callable, int | None, Network]:
     import tensorflow as tf
 
     interpreter = tf.lite.Interpreter(model_path=path, num_threads=os.cpu_count())
     runner = interpreter.get_signature_runner("serving_default")
-    batch = int(runner.get_input_details()["images"]["shape_signature"][0])
+    shape = runner.get_input_details()["images"]["shape_signature"]
+    batch = int(shape[0])
+    heads = [  # the head's reshape to (B, S/32, S/32, anchors, 5 + classes)
+        t["shape"]
+        for t in interpreter.get_tensor_details()
+        if "yolo_head" in t["name"] and len(t["shape"]) == 5
+    ]
 
     def call(images):
         return runner(images=images)
 
-    return call, (batch if batch > 0 else None)
+    per_cell = int(heads[0][3] * heads[0][4]) if heads else None
+    return call, (batch if batch > 0 else None), Network(int(shape[1]), per_cell)
 
 
-def _onnx_call(path: str) -> tuple[Callable, int | None]:
+def _onnx_call(path: str) -> tuple[Callable, int | None, Network]:
     try:
         import onnxruntime
     except ImportError:
@@ -325,9 +414,26 @@ def _onnx_call(path: str) -> tuple[Callable, int | None]:
         ) from None
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    batch = session.get_inputs()[0].shape[0]
+    shape = session.get_inputs()[0].shape
+    batch = shape[0]
 
     def call(images):
         return dict(zip(names, session.run(names, {"images": images}), strict=True))
 
-    return call, (batch if isinstance(batch, int) and batch > 0 else None)
+    size = shape[1] if isinstance(shape[1], int) else None
+    network = Network(size, _onnx_per_cell(path))
+    return call, (batch if isinstance(batch, int) and batch > 0 else None), network
+
+
+def _onnx_per_cell(path: str) -> int | None:
+    """The output channels of an ONNX model's last convolution (the head's), or None
+    without the ``onnx`` package (tf2onnx's dependency) or such a convolution."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    graph = onnx.load(path).graph
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    shape = weights.get(convs[-1].input[1]) if convs and len(convs[-1].input) > 1 else None
+    return int(shape[0]) if shape else None

@@ -8,6 +8,7 @@ or, for a file that cannot be read, the reason, so that one bad file never ends 
 
 import glob
 import os
+import sys
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -130,11 +131,18 @@ def read_list(path: str) -> list[str]:
     """The image paths of a list file, relative ones joined to the list's folder."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no path
             lines = [line.strip() for line in f]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"SOURCE: cannot read list file {path} ({type(error).__name__})") from None
-    return [os.path.join(folder, line) for line in lines if line and not line.startswith("#")]
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line and line[0] != "#"]
+    others = [n for n, line in numbered if not line.lower().endswith(IMAGE_EXTENSIONS)]
+    if others:  # not a list of images: named by line, never quoted
+        raise ValueError(
+            f"SOURCE: {path}: {len(others)} of its {len(numbered)} lines are not image paths "
+            f"(the first: line {others[0]}); expected one image file a line"
+        )
+    return [os.path.join(folder, line) for _, line in numbered]
 
 
 def image_source(kind: str, source: str, paths: list[str], names: list[str]) -> Source:
@@ -145,11 +153,18 @@ def image_source(kind: str, source: str, paths: list[str], names: list[str]) -> 
 
 
 def label_names(names: list[str]) -> list[str | None]:
-    """Each image's label name when its name without extension is shared ("a.jpg" and
-    "a.png" get "a.jpg" and "a.png", so neither label file overwrites the other), else
-    None (the stem: "a")."""
-    stems = Counter(os.path.splitext(name)[0] for name in names)
-    return [name if stems[os.path.splitext(name)[0]] > 1 else None for name in names]
+    """Each image's label name when its name without extension would be another label's
+    too, else None (the stem: "a"). "a.jpg" beside "a.png" get "a.jpg" and "a.png"; a
+    stem that then meets a kept name gives way in turn ("a.jpg.png" gets "a.jpg.png"),
+    so no label file overwrites another (names are distinct paths: they never clash)."""
+    stems = [os.path.splitext(name)[0] for name in names]
+    whole: set[int] = set()
+    while True:
+        used = Counter(names[i] if i in whole else stems[i] for i in range(len(names)))
+        clashing = {i for i in range(len(names)) if i not in whole and used[stems[i]] > 1}
+        if not clashing:
+            return [name if i in whole else None for i, name in enumerate(names)]
+        whole |= clashing
 
 
 def read_frames(paths: list[str], names: list[str]) -> Iterator[Frame]:
@@ -184,7 +199,8 @@ def video_source(path: str) -> Source:
         raise ValueError(f"SOURCE: cannot open video {path}")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     fps = capture.get(cv2.CAP_PROP_FPS) or None
-    return Source("video", video_frames(capture, os.path.basename(path), path), total, fps)
+    frames = video_frames(capture, os.path.basename(path), path, total)
+    return Source("video", frames, total, fps)
 
 
 def webcam_source(index: int) -> Source:
@@ -197,13 +213,23 @@ def webcam_source(index: int) -> Source:
     return Source("webcam", video_frames(capture, f"webcam{index}.mp4", None), None, fps)
 
 
-def video_frames(capture: cv2.VideoCapture, name: str, path: str | None) -> Iterator[Frame]:
-    """The frames an OpenCV capture reads, as RGB; it is released at the end."""
+def video_frames(
+    capture: cv2.VideoCapture, name: str, path: str | None, total: int | None = None
+) -> Iterator[Frame]:
+    """The frames an OpenCV capture reads, as RGB; it is released at the end. A video
+    that ends before the `total` frames its header announces is said on stderr (a cut or
+    damaged file), its frames read so far kept."""
     try:
         index = 0
         while True:
             ok, image = capture.read()
             if not ok:
+                if total and index < total:
+                    print(
+                        f"warning: {path}: the video ended after {index} of its {total} "
+                        "frames (the file is cut or damaged)",
+                        file=sys.stderr,
+                    )
                 return
             index += 1
             rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -11,6 +11,7 @@ the target keeps its previous content.
 """
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -74,11 +75,20 @@ def _naming(error: OSError, path: str, tmp: str | None = None) -> OSError:
     """`error` with ``filename`` the target `path` when it named none, the temporary file
     or its folder (the user knows the target, not our temporary names). An error without
     an errno (a library's message) is left as it is: its text is all it has."""
-    folder = os.path.dirname(os.path.abspath(path))
+    folder, name = os.path.split(os.path.abspath(path))
     named = error.filename in (None, tmp, folder) or error.filename == os.path.dirname(path)
+    named = named or _is_temporary_of(error.filename, folder, name)
     if named and error.errno is not None:
         error.filename = path
     return error
+
+
+def _is_temporary_of(filename, folder: str, name: str) -> bool:
+    """Whether `filename` is a temporary file `_create_temporary` names for `name`."""
+    if not isinstance(filename, str):
+        return False
+    there, base = os.path.split(os.path.abspath(filename))
+    return there == folder and base.startswith(f".{name}.")
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
@@ -101,3 +111,41 @@ def atomic_save(path: PathLike, save: Callable[[str], None], suffix: str = "") -
     """Calls ``save(tmp_path)`` and renames the result onto ``path`` atomically."""
     with atomic_path(path, suffix) as tmp:
         save(tmp)
+
+
+_ADVICE = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space (disk quota)",
+    errno.EROFS: "make the file system writable",
+    errno.EACCES: "give this user write permission",
+    errno.EPERM: "give this user write permission",
+    errno.EISDIR: "give a file path, not a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a part of the path is a file, not a folder",
+}
+
+
+def describe_os_error(error: OSError, then: str = "") -> str:
+    """One line for a write the system refused: the system's reason, the file, and what
+    to do about it (`then` appended to the advice, e.g. ", then resume")."""
+    what = error.strerror or str(error).splitlines()[0][:200]
+    where = f" writing {error.filename}" if error.filename else ""
+    advice = _ADVICE.get(error.errno, "fix the cause")
+    return f"{what}{where} ({advice}{then})"
+
+
+def check_writable(name: str, path: PathLike) -> None:
+    """ValueError naming `name` and `path` unless a file can be written there: refuses a
+    folder, a path through a file, a read-only or forbidden folder, by creating (then
+    removing) a temporary file beside `path`. Missing folders are created."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path} is a folder; give a file path")
+    try:
+        tmp = _create_temporary(path, "")
+    except OSError as error:
+        if error.errno == errno.EEXIST:  # os.makedirs through a file
+            error = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), error.filename)
+        error = _naming(error, path)
+        raise ValueError(f"{name}: {describe_os_error(error)}") from None
+    _remove(tmp)

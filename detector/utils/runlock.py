@@ -31,13 +31,13 @@ def _holder(fd: int) -> str:
     return text if text.isdigit() else "unknown"
 
 
-def _try_lock(run_dir: str) -> int | None:
+def _try_lock(run_dir: str, name: str = "run directory") -> int | None:
     """An open descriptor of ``run_dir/.lock`` holding its exclusive lock, with this
     process's pid written in it; None if another process holds it."""
     try:
         fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:  # read-only, not ours, not a folder...
-        raise ValueError(f"run directory {run_dir}: cannot lock it ({error.strerror})") from None
+        raise ValueError(f"{name} {run_dir}: cannot lock it ({error.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -51,17 +51,17 @@ def _try_lock(run_dir: str) -> int | None:
     return fd
 
 
-def _busy(run_dir: str) -> ValueError:
-    """The error for a run directory another process holds, naming its pid."""
+TRAINING_HOLDER = "(another training or --resume); wait for it or pass another --run-dir"
+
+
+def _busy(run_dir: str, name: str, holder: str) -> ValueError:
+    """The error for a folder another process holds, naming its pid."""
     fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDONLY)
     try:
         pid = _holder(fd)
     finally:
         os.close(fd)
-    return ValueError(
-        f"run directory {run_dir} is in use by process {pid} (another training or "
-        "--resume); wait for it or pass another --run-dir"
-    )
+    return ValueError(f"{name} {run_dir} is in use by process {pid} {holder}")
 
 
 def _release(fd: int) -> None:
@@ -73,25 +73,31 @@ def _release(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str) -> Iterator[str]:
+def run_lock(
+    run_dir: str, name: str = "run directory", holder: str = TRAINING_HOLDER
+) -> Iterator[str]:
     """Holds the run directory's lock for the block (the folder is created if needed).
 
     Args:
-        run_dir: str. The run directory.
+        run_dir: str. The run directory (or any output folder one process writes).
+        name: str. What the messages call it (e.g. "--out"). Defaults to "run directory".
+        holder: str. Who the other process is and what to do, for the busy message.
+            Defaults to a training's.
 
     Yields:
         str. ``run_dir``.
 
     Raises:
-        ValueError: another process holds the lock; the message names its pid.
+        ValueError: the folder cannot be made or locked, or another process holds the
+            lock; the message names it (and the holder's pid).
     """
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"run directory {run_dir}: cannot create it ({error.strerror})") from None
-    fd = _try_lock(run_dir)
+        raise ValueError(f"{name} {run_dir}: cannot create it ({error.strerror})") from None
+    fd = _try_lock(run_dir, name)
     if fd is None:
-        raise _busy(run_dir)
+        raise _busy(run_dir, name, holder)
     try:
         yield run_dir
     finally:
@@ -129,11 +135,16 @@ def _claim(candidate: str) -> int | None:
 
 def claim_run_dir(path: str, stack: contextlib.ExitStack) -> str:
     """A fresh run directory, locked until `stack` closes: `path` if it is absent or
-    empty, else the first such ``path-2``, ``path-3``…
+    empty, else the first such ``path-2``, ``path-3``… (`path` naming a file is a
+    ValueError: a typo, not a run to number after).
 
     Race-free between processes: a candidate is ours only once its lock is held and it
     is still empty; a candidate locked by another process is skipped.
     """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"run directory {path}: exists and is not a folder; pass another --run-dir"
+        )
     candidate, n = path, 1
     while (fd := _claim(candidate)) is None:
         n += 1

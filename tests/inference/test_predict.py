@@ -363,7 +363,7 @@ def test_cli_on_a_video_writes_an_mp4_of_every_frame(trained, tmp_path, capsys):
     ("flags", "message"),
     [
         (["--conf", "1.5"], "error: --conf: expected a number in [0, 1], got 1.5"),
-        (["--max-det", "0"], "error: --max-det: expected an integer >= 1, got 0"),
+        (["--max-det", "0"], "error: --max-det: expected an integer in 1..10000, got 0"),
         (["--input-size", "50"], "error: --input-size: expected a multiple of 32, got 50"),
         (["--classes", "zebra"], "error: --classes: unknown class 'zebra'"),
         (["--max-det", "many"], "error: argument --max-det: invalid int value: 'many'"),

@@ -239,6 +239,37 @@ def test_disk_full_at_the_state_write_stops_cleanly_and_resume_finishes(tiny_spe
     assert logged_epochs(run_dir) == ["1", "2", "3"]
 
 
+def test_disk_full_at_the_first_state_write_then_resume_starts_again_in_place(tiny_spec, tmp_path):
+    """The run's message and --resume agree: no epoch was completed, the resume starts
+    the run again in its own directory (metrics.csv's first row is cut, not refused)."""
+    run_dir = tmp_path / "run"
+    env = {"FAULT": "ENOSPC", "FAULT_TARGET": "latest.weights.h5", "FAULT_AFTER": "0"}
+    code, _, err = finish(start(new_run(tiny_spec, run_dir, 2), env))
+    assert code == 2, err[-3000:]
+    (line,) = error_lines(err)
+    assert "free some space" in line and "no epoch was completed yet" in line
+    assert line.endswith(f"start it again with: python train.py --resume {run_dir}")
+    assert resolve(str(run_dir)) is None and not temporaries(run_dir)
+    code, out, err = finish(start(["--resume", str(run_dir)], runner=False))
+    assert code == 0, err[-3000:]
+    assert logged_epochs(run_dir) == ["1", "2"] and resolve(str(run_dir))["epoch"] == 2
+
+
+def test_run_dir_naming_a_file_is_refused(tmp_path):
+    import contextlib
+
+    from detector.utils.runlock import claim_run_dir
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with contextlib.ExitStack() as stack, pytest.raises(ValueError) as info:
+        claim_run_dir(str(a_file), stack)
+    assert str(info.value) == (
+        f"run directory {a_file}: exists and is not a folder; pass another --run-dir"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # no notes.txt-2/
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "fault, target",
@@ -332,7 +363,9 @@ def test_resume_point_refuses_missing_state_after_logged_epochs(tmp_path):
 
     assert resume_point(str(tmp_path)) is None  # nothing saved yet: start again
     (tmp_path / "metrics.csv").write_text("epoch,loss\n1,5.0\n")
-    with pytest.raises(ValueError, match="holds no saved state while metrics.csv logs 1 epochs"):
+    assert resume_point(str(tmp_path)) is None  # the first state write failed: start again
+    (tmp_path / "metrics.csv").write_text("epoch,loss\n1,5.0\n2,4.0\n")
+    with pytest.raises(ValueError, match="holds no saved state while metrics.csv logs 2 epochs"):
         resume_point(str(tmp_path))
 
 
