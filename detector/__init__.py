@@ -2,8 +2,9 @@
 
 Importing the package registers every custom Keras layer and function
 (`detector.model.layers`, `detector.model.loss`), so ``keras.models.load_model(path,
-safe_mode=True)`` loads a checkpoint after ``import detector``; `Detector` is the
-prediction API (`detector.inference.detector`).
+safe_mode=True)`` loads a checkpoint after ``import detector``. The Python API of every
+mode (`detector.api`): ``detector.evaluate``, and `Detector` for prediction
+(`detector.inference.detector`).
 
 TensorFlow's native start-up lines (no CUDA driver, oneDNN) are held back while the
 package starts it and summed up in the device report instead
@@ -17,8 +18,17 @@ with hold_native_stderr():  # the lines come from C++ at import and at the first
 
     _tf.config.list_physical_devices("GPU")
 
+from detector.api import ConfigError, DetectorError, Report, TrainingError, evaluate  # noqa: E402
 from detector.inference.detector import Detector  # noqa: E402
 from detector.inference.results import Result  # noqa: E402
 from detector.model import layers, loss  # noqa: E402, F401  (registers the custom Keras objects)
 
-__all__ = ["Detector", "Result"]
+__all__ = [
+    "ConfigError",
+    "Detector",
+    "DetectorError",
+    "Report",
+    "Result",
+    "TrainingError",
+    "evaluate",
+]

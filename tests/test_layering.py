@@ -18,6 +18,7 @@ LAYERS = (
     ("inference",),
     ("evaluation",),
     ("engine", "export"),
+    ("api",),
     ("cli",),
     ("bench",),
 )

@@ -7,7 +7,8 @@ import contextlib
 import sys
 import warnings
 
-from detector.cli.train import Parser, load_detector
+from detector.api.evaluate import load_detector
+from detector.cli.train import Parser
 from detector.utils.atomic import describe_os_error
 from detector.utils.limits import check_batch_size, check_input_size, check_max_det
 from detector.utils.runlock import run_lock
