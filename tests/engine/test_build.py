@@ -12,13 +12,18 @@ import yaml
 
 from detector.config.schema import load_config
 from detector.data.spec import load_dataset
-from detector.engine.build import RunPlan, make_callbacks, make_schedule
-from detector.engine.callbacks.checkpoints import BestCocoAP, SaveLast
-from detector.engine.callbacks.guards import MetricsCSV, NonFiniteGuard
-from detector.engine.distribute import ChiefOnly, Cluster, SyncStop
+from detector.engine.build import make_callbacks, make_schedule
+from detector.engine.callbacks.checkpoints import SaveLast
+from detector.engine.callbacks.coco_ap import BestCocoAP
+from detector.engine.callbacks.distribute import ChiefOnly, SyncStop
+from detector.engine.callbacks.guards import NonFiniteGuard
+from detector.engine.callbacks.listeners import Evaluation
+from detector.engine.callbacks.logs import MetricsCSV
+from detector.engine.callbacks.schedule import LearningRateCallback, TimeBudget
+from detector.engine.callbacks.state import RunState
+from detector.engine.distribute import Cluster
+from detector.engine.plan import RunPlan
 from detector.engine.run import best_so_far, prepare_run
-from detector.engine.schedule import LearningRateCallback, TimeBudget
-from detector.engine.state import RunState
 from detector.evaluation.coco import STAT_NAMES
 
 CLUSTERS = {
@@ -87,7 +92,7 @@ def test_best_and_last_share_one_evaluation_copy(kind, tmp_path):
     assert [type(c) for c in own] == CHIEF_OWN
     best, last, csv = own
     assert best is out.best and best.eval_copy is last.eval_copy
-    assert best.best_ap == plan.best_ap
+    assert out.keep_best.best_ap == plan.best_ap and out.keep_best in best.listeners
     assert csv.columns[:3] == ["epoch", "lr", "loss"] and "AP" in csv.columns
 
 
@@ -145,11 +150,11 @@ def test_patience_counts_on_from_the_resumed_stale_evaluations(tmp_path):
     """A run resumed 2 evaluations after its best, with patience 3, stops at the next
     evaluation without a better AP (not 3 evaluations later)."""
     out, _ = callbacks_for("single", tmp_path, ["train.patience=3"])
-    best = out.best
-    best.set_model(types.SimpleNamespace(stop_training=False))
-    assert best.stale == 2
-    best._judge(5, dict.fromkeys(STAT_NAMES, 0.1), improved=False)
-    assert best.model.stop_training and best.stale == 3
+    best, stop = out.best, out.early_stop
+    best.set_model(types.SimpleNamespace(stop_training=False))  # reaches its parts
+    assert stop.stale == 2 and stop in best.listeners
+    stop.on_landed(Evaluation(5, dict.fromkeys(STAT_NAMES, 0.1), {}, is_best=False))
+    assert best.model.stop_training and stop.stale == 3
 
 
 @pytest.mark.parametrize(

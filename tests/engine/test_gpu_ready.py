@@ -16,7 +16,7 @@ import tensorflow as tf
 from detector.config.schema import load_config
 from detector.engine import devices
 from detector.engine.build import make_schedule, make_training_model
-from detector.engine.callbacks.checkpoints import EvalCopy, ema_weights
+from detector.engine.eval_copy import EvalCopy, ema_weights
 from detector.model.network import build_inference_model
 
 SIZE, CLASSES, ANCHORS, MAX_BOXES = 64, 3, [[1.0, 1.0], [2.0, 2.0]], 4
