@@ -70,7 +70,7 @@ def resolve(run_dir: str, repair: bool = True) -> dict | None:
     if pair is None:
         return None
     if repair:
-        repair(run_dir, pair)
+        restore_previous(run_dir, pair)
     return pair[1]
 
 
@@ -117,7 +117,7 @@ def resume_point(run_dir: str, repair: bool = True) -> dict | None:
     )
 
 
-def repair(run_dir: str, pair: tuple[str, dict]) -> None:
+def restore_previous(run_dir: str, pair: tuple[str, dict]) -> None:
     """Makes the previous pair the latest again when `pair` (from `newest_pair`) is it."""
     if pair[0].endswith(".bkp"):
         folder = os.path.join(run_dir, STATE_DIR)

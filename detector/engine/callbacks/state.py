@@ -31,7 +31,7 @@ from detector.engine.state import (
     STATE_DIR,
     crc32,
     newest_pair,
-    repair,
+    restore_previous,
     valid_pair,
 )
 from detector.utils.atomic import atomic_path, atomic_write_text
@@ -74,7 +74,7 @@ class RunState(keras.callbacks.BackupAndRestore):
         if pair is None:
             return
         if self.owner:  # the other workers only read the chief's directory
-            repair(self.run_dir, pair)
+            restore_previous(self.run_dir, pair)
         weights, meta = pair
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
