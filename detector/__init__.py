@@ -3,8 +3,9 @@
 Importing the package registers every custom Keras layer and function
 (`detector.model.layers`, `detector.model.loss`), so ``keras.models.load_model(path,
 safe_mode=True)`` loads a checkpoint after ``import detector``. The Python API of every
-mode (`detector.api`): ``detector.evaluate``, and `Detector` for prediction
-(`detector.inference.detector`).
+mode (`detector.api`): ``detector.evaluate``, `Detector` for prediction
+(`detector.inference.detector`), `Callback` the base of user callbacks that receive the
+detector's training events (`detector.engine.callbacks.user`).
 
 TensorFlow's native start-up lines (no CUDA driver, oneDNN) are held back while the
 package starts it and summed up in the device report instead
@@ -19,11 +20,13 @@ with hold_native_stderr():  # the lines come from C++ at import and at the first
     _tf.config.list_physical_devices("GPU")
 
 from detector.api import ConfigError, DetectorError, Report, TrainingError, evaluate  # noqa: E402
+from detector.engine.callbacks.user import Callback  # noqa: E402
 from detector.inference.detector import Detector  # noqa: E402
 from detector.inference.results import Result  # noqa: E402
 from detector.model import layers, loss  # noqa: E402, F401  (registers the custom Keras objects)
 
 __all__ = [
+    "Callback",
     "ConfigError",
     "Detector",
     "DetectorError",

@@ -31,6 +31,24 @@ def _is_anchor_list(v: list[list[float]]) -> bool:
     return bool(v) and all(len(pair) == 2 and min(pair) > 0 for pair in v)
 
 
+def _is_class_path(v: Any) -> bool:
+    """``module:Class`` (dotted module, attribute), as ``train.callbacks`` names a class."""
+    module, sep, name = v.partition(":") if isinstance(v, str) else ("", "", "")
+    parts = [*module.split("."), name]
+    return bool(sep) and all(part.isidentifier() for part in parts)
+
+
+def _is_callback_entry(v: Any) -> bool:
+    if not isinstance(v, dict):
+        return _is_class_path(v)
+    args = v.get("args", {})
+    return (
+        set(v) <= {"class", "args"}
+        and _is_class_path(v.get("class"))
+        and (args is None or (isinstance(args, dict) and all(isinstance(k, str) for k in args)))
+    )
+
+
 Rule = tuple[Callable[[Any], bool], str]
 
 
@@ -66,6 +84,10 @@ RULES: dict[str, Rule] = {
     "data.albumentations": (
         (lambda v: v != ""),
         "a list of {name: TransformName, ...arguments} or the path of an albumentations.save file",
+    ),
+    "train.callbacks": (
+        (lambda v: all(_is_callback_entry(entry) for entry in v)),
+        "a list of 'module:Class' or {class: 'module:Class', args: {name: value}}",
     ),
     "train.freeze": (
         (lambda v: v == "backbone" or (isinstance(v, int) and v >= 0)),

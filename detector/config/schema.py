@@ -138,6 +138,9 @@ class TrainConfig:
     18 convolutions of darknet19, 7 of tiny); 0 = none.
     `close_mosaic`: mosaic off for the end of training: the last N epochs when >= 1, or
     the last fraction of the wall-clock budget (`max_minutes`) when < 1; 0 = never.
+    `callbacks`: the user's Keras callbacks, each ``"module:Class"`` or
+    ``{"class": "module:Class", "args": {keyword: value}}``, imported when the run
+    starts (`detector.engine.callbacks.user`).
     """
 
     epochs: int = 1000
@@ -165,6 +168,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
     freeze: int | str = 0
     close_mosaic: float = 0.1
+    callbacks: list[str | dict] = field(default_factory=list)
     run_dir: str = "runs/default"
 
 

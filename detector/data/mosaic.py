@@ -14,15 +14,14 @@ example with a second one made the same way, by a beta(32, 32) ratio, and keeps 
 of both. Every random choice (the other records included) comes from the Generator the
 caller passes: in training, the one of (seed, stream position).
 
-`MosaicSwitch` and the `CloseMosaic` callback end mosaic and mixup for the last part of a
-run (``train.close_mosaic``).
+`MosaicSwitch` ends mosaic and mixup for the last part of a run (``train.close_mosaic``),
+closed by the training loop's ``CloseMosaic`` (`detector.engine.callbacks.mosaic`).
 """
 
 import sys
 import threading
 
 import cv2
-import keras
 import numpy as np
 
 from detector.data.augment import FILL, Augmenter, prepare_example, record_boxes, render
@@ -225,31 +224,3 @@ class MosaicSwitch:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
-
-
-class CloseMosaic(keras.callbacks.Callback):
-    """Closes `switch` once `budget` (a ``TimeBudget``) has spent ``1 - fraction`` of
-    itself, checked after every batch, or once ``1 - fraction`` of the `epochs` are done
-    when they end the run first (as the lr schedule anneals by the earlier of the two);
-    batches already prefetched keep their mosaics.
-
-    Args:
-        switch: MosaicSwitch. budget: TimeBudget (its agreed share on multi-worker runs).
-        fraction: float in (0, 1). The last share of the budget without mosaic.
-        epochs: int or None. The run's ``train.epochs``. Defaults to None (budget only).
-    """
-
-    def __init__(self, switch: MosaicSwitch, budget, fraction: float, epochs: int | None = None):
-        super().__init__()
-        self.switch, self.budget, self.fraction, self.epochs = switch, budget, fraction, epochs
-
-    def on_train_begin(self, logs=None):
-        self.on_train_batch_end(0)
-
-    def on_epoch_begin(self, epoch, logs=None):  # `epoch`: the epochs done (resume too)
-        if self.epochs and epoch >= (1.0 - self.fraction) * self.epochs:
-            self.switch.close()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.budget.shared_fraction() >= 1.0 - self.fraction:
-            self.switch.close()

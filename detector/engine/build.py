@@ -22,57 +22,29 @@ from detector.config.schema import (
 )
 from detector.data.albu import build_stage
 from detector.data.augment import build_augmenter
-from detector.data.mosaic import CloseMosaic, MosaicSwitch
-from detector.data.pipeline import TrainInput, make_train_dataset
+from detector.data.pipeline import TrainInput
 from detector.data.records import Dataset
-from detector.engine.callbacks.checkpoints import BestCocoAP, EvalCopy, SaveLast
-from detector.engine.callbacks.guards import MetricsCSV, NonFiniteGuard
+from detector.engine.callbacks.best import KeepBest
+from detector.engine.callbacks.checkpoints import SaveLast
+from detector.engine.callbacks.coco_ap import BestCocoAP
+from detector.engine.callbacks.distribute import ChiefOnly, SyncStop
+from detector.engine.callbacks.early_stop import EarlyStop
+from detector.engine.callbacks.guards import NonFiniteGuard
+from detector.engine.callbacks.images import ValImages
+from detector.engine.callbacks.logs import MetricsCSV
+from detector.engine.callbacks.mosaic import CloseMosaic
+from detector.engine.callbacks.schedule import LearningRateCallback, TimeBudget
+from detector.engine.callbacks.state import RunState
+from detector.engine.callbacks.user import UserEvents
 from detector.engine.devices import resolve_jit_compile
-from detector.engine.distribute import ChiefOnly, Cluster, SyncStop
-from detector.engine.schedule import DarknetSchedule, LearningRateCallback, TimeBudget
-from detector.engine.state import RunState
+from detector.engine.distribute import Cluster
+from detector.engine.eval_copy import EvalCopy
+from detector.engine.plan import RunPlan
+from detector.engine.schedule import DarknetSchedule
 from detector.evaluation.coco import STAT_NAMES
 from detector.model.anchors import box_shapes, kmeans_anchors, mean_best_iou
 from detector.model.loss import TERMS, YoloLoss, identity_loss
 from detector.model.network import build_inference_model, build_training_model, freeze_layers
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPlan:
-    """What a run decided before building anything (the config itself is never mutated).
-
-    Attributes:
-        config: Config. The resolved config (anchors and run directory filled in), as
-            written to ``RUN_DIR/config.yaml``.
-        run_dir: str. The run directory. write_dir: str. Where this process writes (the
-            run directory, or a non-chief worker's temporary folder).
-        anchors: list of [w, h]. In grid cells.
-        steps: int. Training steps per epoch.
-        lr: float. The peak learning rate (scaled by the replicas with train.scale_lr).
-        resume: bool. Whether the state is restored from ``RUN_DIR/state``.
-        done: int. Epochs completed before this session. Defaults to 0.
-        best_ap: float. Best AP so far (-1: none). Defaults to -1.
-        stale: int. Evaluations since that best (``train.patience`` counts on from it
-            after a resume). Defaults to 0.
-        spent: float. Seconds spent by earlier sessions. Defaults to 0.
-        mosaic_switch: MosaicSwitch. Shared by the training input (reads it) and the
-            callbacks (`CloseMosaic` closes it with ``train.close_mosaic`` < 1).
-    """
-
-    config: Config
-    run_dir: str
-    write_dir: str
-    anchors: list
-    steps: int
-    lr: float
-    resume: bool = False
-    done: int = 0
-    best_ap: float = -1.0
-    stale: int = 0
-    spent: float = 0.0
-    mosaic_switch: MosaicSwitch = dataclasses.field(
-        default_factory=MosaicSwitch, compare=False, repr=False
-    )
 
 
 def choose_anchors(model: ModelConfig, train: Dataset, *, seed: int, letterbox: bool) -> list:
@@ -280,33 +252,23 @@ def _mosaic_until(cfg: Config, plan: RunPlan) -> int | None:
     return max(0, round(epochs * plan.steps)) * cfg.data.batch_size
 
 
-def make_datasets(spec: TrainInput, cluster: Cluster):
-    """The training stream: one pipeline per worker, each reading its own slice of every
-    global batch (multi-worker), else one pipeline whose batches Keras splits."""
-    if not cluster.multi_worker:
-        return make_train_dataset(spec)
-
-    def per_worker(ctx):
-        replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        shard = (ctx.num_input_pipelines, ctx.input_pipeline_id)
-        return make_train_dataset(spec, shard=shard, replicas_per_pipeline=replicas)
-
-    return cluster.strategy.distribute_datasets_from_function(per_worker)
-
-
 @dataclasses.dataclass
 class RunCallbacks:
     """The ordered callbacks of `fit`, and the ones the caller asks after it.
 
     Attributes:
         callbacks: list of keras Callback. In the order of `make_callbacks`.
-        budget: TimeBudget. best: BestCocoAP or None (non-chief workers).
+        budget: TimeBudget. best: BestCocoAP or None (non-chief workers), with its parts
+            keep_best: KeepBest, early_stop: EarlyStop and events: UserEvents (None there).
         chief_only: ChiefOnly or None (multi-worker chief). sync_stop: SyncStop or None.
     """
 
     callbacks: list
     budget: TimeBudget
     best: BestCocoAP | None = None
+    keep_best: KeepBest | None = None
+    early_stop: EarlyStop | None = None
+    events: UserEvents | None = None
     chief_only: ChiefOnly | None = None
     sync_stop: SyncStop | None = None
 
@@ -317,7 +279,8 @@ class RunCallbacks:
     def state_extras(self) -> dict:
         """What `RunState` saves beside the weights: the best AP, the evaluations since it
         and the time spent."""
-        best, stale = (self.best.best_ap, self.best.stale) if self.best else (-1.0, 0)
+        best = self.keep_best.best_ap if self.keep_best else -1.0
+        stale = self.early_stop.stale if self.early_stop else 0
         return {"best_ap": best, "stale": stale, "seconds": self.budget.spent()}
 
 
@@ -331,24 +294,35 @@ def make_callbacks(
     coco_gt,
     start: float,
     schedule: DarknetSchedule,
+    user: list | None = None,
 ) -> RunCallbacks:
     """The run's callbacks, in an order that matters (Keras calls them in list order).
     `schedule` is the optimiser's (`make_schedule`): TimeBudget writes the share of the
-    budget spent into it, LearningRateCallback reads the lr from it.
+    budget spent into it, LearningRateCallback reads the lr from it. `user`: the user's
+    callbacks (``train.callbacks``, then ``run(callbacks=...)``'s).
 
     1. NonFiniteGuard first: it raises at a bad batch before any callback sees the epoch.
-    2. LearningRateCallback: its epoch-end ``lr`` must be in the logs before MetricsCSV
-       and TensorBoard write them.
+    2. LearningRateCallback: its epoch-end ``lr`` must be in the logs before MetricsCSV,
+       the user's callbacks and TensorBoard read them.
     3. TimeBudget before BestCocoAP: a spent budget sets ``stop_training`` at the epoch
-       end first, so that epoch's evaluation is the final one.
-    4. The chief's own (BestCocoAP → SaveLast → MetricsCSV): the CSV row needs the AP
-       BestCocoAP puts in the logs. In a multi-worker run they sit inside ChiefOnly, so an
-       error in them stops every worker at the epoch end instead of stranding them.
-    5. TensorBoard after everything that adds to the logs. With ``eval.async`` MetricsCSV
-       and TensorBoard sit inside BestCocoAP's ``LateLogs`` (at MetricsCSV's place),
-       which hands them each epoch's logs once its AP is known.
-    6. SyncStop (multi-worker) after every callback that may stop training.
-    7. RunState last: the state is saved once everything else is done with the epoch
+       end first, so that epoch's evaluation is the final one. CloseMosaic after it
+       (``train.close_mosaic`` < 1 with a budget): it reads the budget's share.
+    4. The chief's own, BestCocoAP → SaveLast → MetricsCSV → the user's callbacks: the
+       CSV row needs the AP BestCocoAP puts in the logs. BestCocoAP's parts, for each
+       evaluation: ValImages → KeepBest where it ran (``eval.async``: the worker
+       thread), then EarlyStop → UserEvents (``on_eval_end``, ``on_checkpoint("best")``)
+       in the training thread when it lands. Multi-worker: all inside ChiefOnly, so an
+       error in them stops every worker at the epoch end instead of stranding them, and
+       the user's callbacks run on the chief only.
+    5. The user's callbacks after MetricsCSV: their logs hold the epoch's lr and COCO
+       numbers, its metrics.csv row is written, SaveLast's ``on_checkpoint("last")``
+       came before; and before SyncStop and RunState, which act on their epoch end.
+    6. TensorBoard after everything that adds to the logs. With ``eval.async``
+       MetricsCSV, the user's callbacks and TensorBoard sit inside BestCocoAP's
+       ``LateLogs`` (at MetricsCSV's place), which hands them each epoch's logs once
+       its AP is known.
+    7. SyncStop (multi-worker) after every callback that may stop training.
+    8. RunState last: the state is saved once everything else is done with the epoch
        (best AP and time spent included).
     """
     train = cfg.train
@@ -366,7 +340,7 @@ def make_callbacks(
             CloseMosaic(plan.mosaic_switch, budget, train.close_mosaic, train.epochs)
         )
     if cluster.is_chief:
-        out.best, chief = _chief_callbacks(cfg, plan, inference, val, coco_gt)
+        chief = _chief_callbacks(cfg, plan, out, inference, val, coco_gt, list(user or []))
         if cluster.multi_worker:
             out.chief_only = ChiefOnly(chief)
             chief = [out.chief_only]
@@ -388,21 +362,21 @@ def make_callbacks(
     return out
 
 
-def _chief_callbacks(cfg: Config, plan: RunPlan, inference, val, coco_gt):
-    """(BestCocoAP, [BestCocoAP, SaveLast, MetricsCSV]): evaluation and the run
-    directory's files, the chief's alone."""
+def _chief_callbacks(cfg: Config, plan: RunPlan, out: RunCallbacks, inference, val, gt, user):
+    """[BestCocoAP, SaveLast, MetricsCSV, *user] (``eval.async``: [BestCocoAP, SaveLast,
+    LateLogs([MetricsCSV, *user])]), the chief's alone; fills `out`'s best and its parts."""
     run_dir = plan.run_dir
     eval_copy = EvalCopy(inference)
-    best = BestCocoAP(
+    out.keep_best = KeepBest(run_dir, best_ap=plan.best_ap)
+    out.early_stop = EarlyStop(cfg.train.patience, stale=plan.stale)
+    out.events = UserEvents(user)
+    images = ValImages(os.path.join(run_dir, "tensorboard", "images"), val)
+    out.best = BestCocoAP(
         eval_copy,
         val,
-        coco_gt,
-        run_dir,
+        gt,
         cfg.eval.is_eval_epoch,
-        best_ap=plan.best_ap,
-        stale=plan.stale,
-        patience=cfg.train.patience,
-        image_dir=os.path.join(run_dir, "tensorboard", "images"),
+        listeners=[images, out.keep_best, out.early_stop, out.events],
         background=cfg.eval.async_,
         cache_mb=cfg.eval.cache_mb,
         **eval_kwargs(cfg.eval),
@@ -412,7 +386,10 @@ def _chief_callbacks(cfg: Config, plan: RunPlan, inference, val, coco_gt):
         ["lr", "loss", *TERMS, *STAT_NAMES],
         plot_path=os.path.join(run_dir, "curves.png"),
     )
-    if best.late_logs is not None:  # eval.async: the row waits for its epoch's AP
-        best.late_logs.callbacks.append(csv)
-        csv = best.late_logs
-    return best, [best, SaveLast(eval_copy, os.path.join(run_dir, "last.keras")), csv]
+    on_saved = out.events.on_checkpoint if out.events.callbacks else None
+    last = SaveLast(eval_copy, os.path.join(run_dir, "last.keras"), on_saved=on_saved)
+    loggers = [csv, *user]
+    if out.best.late_logs is not None:  # eval.async: the row waits for its epoch's AP
+        out.best.late_logs.callbacks += loggers
+        loggers = [out.best.late_logs]
+    return [out.best, last, *loggers]

@@ -5,9 +5,10 @@ TensorFlow's strategies are the engine: ``MirroredStrategy`` for the devices of 
 by the ``TF_CONFIG`` environment variable). This module picks one (`make_cluster`),
 describes the process's place in it (`Cluster`), and gives the collective operations the
 training loop needs so that every worker takes the same decisions: stop now or not
-(`Cluster.all_max`), the same learning rate at the same step; and the two callbacks that
-keep the workers together: `ChiefOnly` (the chief's own callbacks, whose errors must not
-strand the others) and `SyncStop` (every worker stops when one does).
+(`Cluster.all_max`), the same learning rate at the same step; and the training stream
+split over the workers (`make_datasets`). The two callbacks that keep
+the workers together, `ChiefOnly` and `SyncStop`, are in
+`detector.engine.callbacks.distribute`.
 
 Keras 3 (3.15) cannot run ``fit`` under ``MultiWorkerMirroredStrategy`` as released
 (keras-team/keras#20585): it reduces the per-replica first batch with a cross-worker
@@ -22,7 +23,7 @@ import os
 import shutil
 import tempfile
 
-import keras
+from detector.data.pipeline import TrainInput, make_train_dataset
 
 KINDS = ("auto", "none", "mirrored", "multi_worker")
 
@@ -203,6 +204,20 @@ def make_cluster(kind: str = "auto", devices=()) -> Cluster:
     return Cluster("multi_worker", strategy, strategy.num_replicas_in_sync, num_workers, index)
 
 
+def make_datasets(spec: TrainInput, cluster: Cluster):
+    """The training stream: one pipeline per worker, each reading its own slice of every
+    global batch (multi-worker), else one pipeline whose batches Keras splits."""
+    if not cluster.multi_worker:
+        return make_train_dataset(spec)
+
+    def per_worker(ctx):
+        replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        shard = (ctx.num_input_pipelines, ctx.input_pipeline_id)
+        return make_train_dataset(spec, shard=shard, replicas_per_pipeline=replicas)
+
+    return cluster.strategy.distribute_datasets_from_function(per_worker)
+
+
 def patch_keras_for_multi_worker() -> None:
     """Keras 3's two reductions that fail under MultiWorkerMirroredStrategy, replaced.
 
@@ -256,70 +271,3 @@ def patch_keras_for_multi_worker() -> None:
     trainer.reduce_per_replica = reduce_per_replica
     trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
     trainer._detector_patched = True
-
-
-class ChiefOnly(keras.callbacks.Callback):
-    """Multi-worker: the callbacks only the chief runs (evaluation, checkpoints, CSV).
-
-    An exception in one of them must not leave the other workers waiting forever in the
-    next all-reduce, so it is kept (`error`), the wrapped callbacks stop running, and
-    training goes on to the epoch end, where `SyncStop` stops every worker; the caller
-    then raises `error` on the chief.
-    """
-
-    def __init__(self, callbacks):
-        super().__init__()
-        self.callbacks = list(callbacks)
-        self.error: Exception | None = None
-
-    def set_model(self, model):
-        super().set_model(model)
-        for callback in self.callbacks:
-            callback.set_model(model)
-
-    def set_params(self, params):
-        super().set_params(params)
-        for callback in self.callbacks:
-            callback.set_params(params)
-
-    def _each(self, hook: str, *args) -> None:
-        if self.error is not None:
-            return
-        for callback in self.callbacks:
-            try:
-                getattr(callback, hook)(*args)
-            except Exception as error:  # noqa: BLE001 (kept, raised after fit)
-                self.error = error
-                return
-
-    def on_train_begin(self, logs=None):
-        self._each("on_train_begin", logs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._each("on_epoch_begin", epoch, logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._each("on_epoch_end", epoch, logs)
-
-    def on_train_end(self, logs=None):
-        self._each("on_train_end", logs)
-
-
-class SyncStop(keras.callbacks.Callback):
-    """Multi-worker: at each epoch end, training stops on every worker if it stops on any
-    (e.g. the chief's ``train.patience``), since a worker left alone would wait forever in
-    the next step's all-reduce; and every worker aborts (`aborted`) if `failed()` is true
-    on any (an error kept by `ChiefOnly`). Place it after the callbacks that may stop
-    training."""
-
-    def __init__(self, all_max, failed=lambda: False):
-        super().__init__()
-        self.all_max = all_max
-        self.failed = failed
-        self.aborted = False
-
-    def on_epoch_end(self, epoch, logs=None):
-        code = 2.0 if self.failed() else 1.0 if self.model.stop_training else 0.0
-        code = self.all_max(code)
-        self.aborted = code >= 2
-        self.model.stop_training = code >= 1

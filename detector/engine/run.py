@@ -17,11 +17,12 @@ from detector.data.image_checks import MAX_PIXELS
 from detector.data.records import Dataset
 from detector.data.spec import load_dataset, overlap_warning, split_overlap
 from detector.engine import build
-from detector.engine.build import RunPlan
 from detector.engine.callbacks.guards import NonFiniteLoss
+from detector.engine.callbacks.user import load_callbacks, run_result
 from detector.engine.devices import check_precision, run_settings
-from detector.engine.distribute import Cluster, ClusterError, make_cluster
+from detector.engine.distribute import Cluster, ClusterError, make_cluster, make_datasets
 from detector.engine.faults import check_architecture, resumable
+from detector.engine.plan import RunPlan
 from detector.engine.state import resume_point, truncate_csv
 from detector.evaluation.validate import validate
 from detector.utils.runlock import LOCK_NAME, claim_run_dir, clean_temporaries, run_lock
@@ -31,8 +32,12 @@ class TrainingStopped(RuntimeError):
     """The run stopped on purpose with a message for the user (e.g. a non-finite loss)."""
 
 
-def run(cfg: Config, resume: bool = False) -> dict:
+def run(cfg: Config, resume: bool = False, callbacks=()) -> dict:
     """Trains as configured; returns the COCO metrics of ``best.keras`` on the val split.
+
+    `callbacks`: keras Callbacks of the caller, after those of ``train.callbacks``
+    (`detector.engine.callbacks.user`; a `detector.Callback` also gets the detector's
+    events). They run on the chief only, where ``build.make_callbacks`` lists.
 
     With ``resume``, ``cfg.train.run_dir`` is an existing run whose state (weights,
     optimiser, EMA, epoch, best AP, time spent, data position) is restored from
@@ -56,18 +61,19 @@ def run(cfg: Config, resume: bool = False) -> dict:
     policy = keras.mixed_precision.global_policy()
     try:
         with contextlib.ExitStack() as locks:  # the run directory's lock, held to the end
-            return _run(cfg, resume, cluster, start, locks)
+            return _run(cfg, resume, cluster, start, locks, list(callbacks))
     finally:
         keras.mixed_precision.set_global_policy(policy)
         cluster.cleanup()
 
 
 def _run(
-    cfg: Config, resume: bool, cluster: Cluster, start: float, locks: contextlib.ExitStack
+    cfg: Config, resume: bool, cluster: Cluster, start: float, locks: contextlib.ExitStack, user
 ) -> dict:
     # The chief reads the data first: a synthetic spec is generated on first use, by it alone.
     with _all_or_none(cluster, "to read the data"):
         check_precision(cfg.train.precision)  # every worker, before any collective
+        user = load_callbacks(cfg.train.callbacks) + user  # every worker: the same errors
         splits = read_splits(cfg.data.spec, cfg.data.max_pixels) if cluster.is_chief else None
     with _all_or_none(cluster, "to set up"):
         train, val = splits or read_splits(cfg.data.spec, cfg.data.max_pixels)
@@ -84,7 +90,7 @@ def _run(
         inference = build.make_model(cfg, train, plan.anchors, init_weights=not plan.done)
         schedule = build.make_schedule(cfg.train, lr=plan.lr, steps=plan.steps)
         model = build.make_training_model(cfg, inference, schedule)
-    dataset = build.make_datasets(build.make_train_input(cfg, train, plan), cluster)
+    dataset = make_datasets(build.make_train_input(cfg, train, plan), cluster)
     callbacks = build.make_callbacks(
         cfg,
         plan=plan,
@@ -94,13 +100,16 @@ def _run(
         coco_gt=coco_gt,
         start=start,
         schedule=schedule,
+        user=user,
     )
     fit(model, dataset, cfg.train.epochs, plan, callbacks)
     if callbacks.budget.stopped:
         print(f"stopped after the {cfg.train.max_minutes:g}-minute budget")
     if not cluster.is_chief:
         return {}
-    return final_report(plan.run_dir, val, cfg.eval)
+    metrics = final_report(plan.run_dir, val, cfg.eval)
+    callbacks.events.on_run_end(run_result(plan.run_dir, metrics))
+    return metrics
 
 
 @contextlib.contextmanager

@@ -93,7 +93,8 @@ def test_bench_pipeline_ratios():
 )
 def test_close_mosaic_position_from_the_config(close, minutes, until):
     from detector.config.schema import load_config
-    from detector.engine.build import RunPlan, _mosaic_until
+    from detector.engine.build import _mosaic_until
+    from detector.engine.plan import RunPlan
 
     keys = ["train.epochs=10", f"train.close_mosaic={close}", f"train.max_minutes={minutes}"]
     cfg = load_config("configs/default.yaml", [*keys, "data.batch_size=4"])
@@ -102,7 +103,7 @@ def test_close_mosaic_position_from_the_config(close, minutes, until):
 
 
 def test_close_mosaic_callback_closes_at_the_budget_share():
-    from detector.data.mosaic import CloseMosaic
+    from detector.engine.callbacks.mosaic import CloseMosaic
 
     class Budget:
         share = 0.0

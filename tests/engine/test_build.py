@@ -11,15 +11,21 @@ import pytest
 import yaml
 
 from detector.config.schema import load_config
-from detector.data.mosaic import CloseMosaic
 from detector.data.spec import load_dataset
-from detector.engine.build import RunPlan, make_callbacks, make_schedule
-from detector.engine.callbacks.checkpoints import BestCocoAP, SaveLast
-from detector.engine.callbacks.guards import MetricsCSV, NonFiniteGuard
-from detector.engine.distribute import ChiefOnly, Cluster, SyncStop
+from detector.engine.build import make_callbacks, make_schedule
+from detector.engine.callbacks.checkpoints import SaveLast
+from detector.engine.callbacks.coco_ap import BestCocoAP
+from detector.engine.callbacks.distribute import ChiefOnly, SyncStop
+from detector.engine.callbacks.guards import NonFiniteGuard
+from detector.engine.callbacks.listeners import Evaluation
+from detector.engine.callbacks.logs import LateLogs, MetricsCSV
+from detector.engine.callbacks.mosaic import CloseMosaic
+from detector.engine.callbacks.schedule import LearningRateCallback, TimeBudget
+from detector.engine.callbacks.state import RunState
+from detector.engine.callbacks.user import Callback
+from detector.engine.distribute import Cluster
+from detector.engine.plan import RunPlan
 from detector.engine.run import best_so_far, prepare_run
-from detector.engine.schedule import LearningRateCallback, TimeBudget
-from detector.engine.state import RunState
 from detector.evaluation.coco import STAT_NAMES
 
 CLUSTERS = {
@@ -39,7 +45,7 @@ EXPECTED = {
 }
 
 
-def callbacks_for(kind, tmp_path, overrides=(), resume=False):
+def callbacks_for(kind, tmp_path, overrides=(), resume=False, user=None):
     cfg = load_config(overrides=list(overrides))
     write_dir = tmp_path / ("scratch" if kind == "worker" else "run")
     plan = RunPlan(
@@ -63,6 +69,7 @@ def callbacks_for(kind, tmp_path, overrides=(), resume=False):
         coco_gt=None,
         start=0.0,
         schedule=make_schedule(cfg.train, lr=plan.lr, steps=plan.steps),
+        user=user,
     )
     return out, plan
 
@@ -88,8 +95,59 @@ def test_best_and_last_share_one_evaluation_copy(kind, tmp_path):
     assert [type(c) for c in own] == CHIEF_OWN
     best, last, csv = own
     assert best is out.best and best.eval_copy is last.eval_copy
-    assert best.best_ap == plan.best_ap
+    assert out.keep_best.best_ap == plan.best_ap and out.keep_best in best.listeners
     assert csv.columns[:3] == ["epoch", "lr", "loss"] and "AP" in csv.columns
+
+
+class Plain(keras.callbacks.Callback):
+    pass
+
+
+class Events(Callback):
+    pass
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_user_callbacks_follow_the_metrics_csv_on_the_chief_only(kind, tmp_path):
+    user = [Plain(), Events()]
+    out, _ = callbacks_for(kind, tmp_path, user=user)
+    if kind in ("single", "mirrored"):
+        assert out.callbacks[len(HEAD) + 3 : len(HEAD) + 5] == user
+        assert [type(c) for c in out.callbacks] == [*HEAD, *CHIEF_OWN, Plain, Events, TB, RunState]
+    elif kind == "chief":
+        assert out.chief_only.callbacks[3:] == user  # wrapped with the chief's own
+        assert [type(c) for c in out.chief_only.callbacks[:3]] == CHIEF_OWN
+    else:
+        assert out.events is None and not any(c in user for c in out.callbacks)
+        return
+    assert out.events.callbacks == user[1:]  # the detector events: detector.Callback only
+    assert out.best.listeners[-1] is out.events  # after EarlyStop: is_best and the stop known
+    last = next(
+        c
+        for c in [*out.callbacks, *getattr(out.chief_only, "callbacks", [])]
+        if isinstance(c, SaveLast)
+    )
+    assert last.on_saved == out.events.on_checkpoint
+
+
+def test_with_eval_async_user_callbacks_wait_with_the_loggers(tmp_path):
+    user = [Plain()]
+    out, _ = callbacks_for("single", tmp_path, ["eval.async=true"], user=user)
+    assert [type(c) for c in out.callbacks] == [*HEAD, BestCocoAP, SaveLast, LateLogs, RunState]
+    late = out.callbacks[len(HEAD) + 2]
+    assert late is out.best.late_logs
+    assert [type(c) for c in late.callbacks] == [MetricsCSV, Plain, TB] and late.callbacks[
+        1
+    ] is user[0]
+    assert out.events.callbacks == [] and out.callbacks[len(HEAD) + 1].on_saved is None
+
+
+def test_train_callbacks_entries_are_checked_when_the_config_loads():
+    good = "train.callbacks=['a.b:C', {class: 'x:Y', args: {n: 1}}, {class: 'x:Z'}]"
+    assert load_config(overrides=[good]).train.callbacks[1] == {"class": "x:Y", "args": {"n": 1}}
+    for bad in ["['a.b.C']", "['a:']", "[{class: 'x:Y', arg: {}}]", "[{args: {}}]", "[3]", "'x:Y'"]:
+        with pytest.raises(ValueError, match="'train.callbacks'"):
+            load_config(overrides=[f"train.callbacks={bad}"])
 
 
 def test_worker_state_extras_and_chief_failure(tmp_path):
@@ -147,11 +205,11 @@ def test_patience_counts_on_from_the_resumed_stale_evaluations(tmp_path):
     """A run resumed 2 evaluations after its best, with patience 3, stops at the next
     evaluation without a better AP (not 3 evaluations later)."""
     out, _ = callbacks_for("single", tmp_path, ["train.patience=3"])
-    best = out.best
-    best.set_model(types.SimpleNamespace(stop_training=False))
-    assert best.stale == 2
-    best._judge(5, dict.fromkeys(STAT_NAMES, 0.1), improved=False)
-    assert best.model.stop_training and best.stale == 3
+    best, stop = out.best, out.early_stop
+    best.set_model(types.SimpleNamespace(stop_training=False))  # reaches its parts
+    assert stop.stale == 2 and stop in best.listeners
+    stop.on_landed(Evaluation(5, dict.fromkeys(STAT_NAMES, 0.1), {}, is_best=False))
+    assert best.model.stop_training and stop.stale == 3
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,10 @@ import pytest
 
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
-from detector.engine.callbacks.checkpoints import BestCocoAP, EvalCopy
+from detector.engine.callbacks.best import KeepBest
+from detector.engine.callbacks.coco_ap import BestCocoAP
 from detector.engine.callbacks.guards import NonFiniteGuard, NonFiniteLoss
+from detector.engine.eval_copy import EvalCopy
 from detector.engine.schedule import DarknetSchedule, learning_rate_at
 from detector.model.network import build_inference_model
 
@@ -16,7 +18,10 @@ from detector.model.network import build_inference_model
 def make_callback(tiny_spec, run_dir, aps):
     val = load_dataset(str(tiny_spec), "val")
     model = build_inference_model(len(val.names), [[1, 1], [2, 2]], "tiny", 0.25, 64, val.names)
-    callback = BestCocoAP(EvalCopy(model), val, ground_truth(val), str(run_dir), lambda epoch: True)
+    keep = KeepBest(str(run_dir))
+    callback = BestCocoAP(
+        EvalCopy(model), val, ground_truth(val), lambda epoch: True, listeners=[keep]
+    )
     scripted = iter(aps)
     callback.evaluate = lambda curves=None: {
         "AP": next(scripted),
@@ -28,11 +33,11 @@ def make_callback(tiny_spec, run_dir, aps):
     callback.set_model(model)
     callback.set_params({"epochs": len(aps)})
     callback.on_train_begin()
-    return callback, model
+    return callback, model, keep
 
 
 def test_saves_only_on_improvement(tiny_spec, tmp_path):
-    callback, model = make_callback(tiny_spec, tmp_path, [0.1, 0.3, 0.2, 0.3, 0.5])
+    callback, model, keep = make_callback(tiny_spec, tmp_path, [0.1, 0.3, 0.2, 0.3, 0.5])
     best_epochs = []
     for epoch in range(5):
         logs = {}
@@ -40,13 +45,13 @@ def test_saves_only_on_improvement(tiny_spec, tmp_path):
         best_epochs.append(json.loads((tmp_path / "best.json").read_text())["epoch"])
         assert "AP" in logs
     assert best_epochs == [1, 2, 2, 2, 5]
-    assert callback.best_ap == 0.5
+    assert keep.best_ap == 0.5
     loaded = keras.models.load_model(str(tmp_path / "best.keras"), safe_mode=True)
     assert loaded.get_layer("yolo_head").class_names == model.get_layer("yolo_head").class_names
 
 
 def test_failed_save_leaves_previous_checkpoint_and_no_temp_file(tiny_spec, tmp_path):
-    callback, _ = make_callback(tiny_spec, tmp_path, [0.1, 0.4])
+    callback, _, _ = make_callback(tiny_spec, tmp_path, [0.1, 0.4])
     callback.on_epoch_end(0, {})
     before = (tmp_path / "best.keras").read_bytes()
 
@@ -66,7 +71,11 @@ def test_evaluation_model_gets_the_training_weights(tiny_spec, tmp_path):
     val = load_dataset(str(tiny_spec), "val")
     model = build_inference_model(len(val.names), [[1, 1]], "tiny", 0.25, 64, val.names)
     callback = BestCocoAP(
-        EvalCopy(model), val, ground_truth(val), str(tmp_path), lambda epoch: True
+        EvalCopy(model),
+        val,
+        ground_truth(val),
+        lambda epoch: True,
+        listeners=[KeepBest(str(tmp_path))],
     )
     callback.set_model(model)
     callback.set_params({"epochs": 1})

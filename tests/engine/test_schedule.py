@@ -10,12 +10,8 @@ import tensorflow as tf
 
 from detector.config.schema import load_config
 from detector.engine.build import make_schedule
-from detector.engine.schedule import (
-    DarknetSchedule,
-    LearningRateCallback,
-    TimeBudget,
-    learning_rate_at,
-)
+from detector.engine.callbacks.schedule import LearningRateCallback, TimeBudget
+from detector.engine.schedule import DarknetSchedule, learning_rate_at
 
 SCHEDULES = {
     "cosine": {"base_lr": 0.004, "total_steps": 500, "warmup_steps": 40, "final_fraction": 0.01},

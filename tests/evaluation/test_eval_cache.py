@@ -7,7 +7,8 @@ import pytest
 
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
-from detector.engine.callbacks.checkpoints import BestCocoAP, EvalCopy
+from detector.engine.callbacks.coco_ap import BestCocoAP
+from detector.engine.eval_copy import EvalCopy
 from detector.evaluation.coco import EvalImages, coco_metrics, evaluate_model
 from detector.inference.detector import iter_results, to_image_boxes
 from detector.inference.results import batch_coco_detections, coco_results
@@ -66,7 +67,6 @@ def test_best_coco_ap_keeps_the_images_between_epochs(own_val, tmp_path):
         EvalCopy(model),
         own_val,
         ground_truth(own_val),
-        str(tmp_path),
         lambda epoch: True,
         batch_size=4,
         cache_mb=1.0,

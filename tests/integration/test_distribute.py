@@ -86,7 +86,7 @@ def test_a_vote_broken_by_a_peer_that_left_is_another_workers_failure(monkeypatc
 
 
 def test_time_budget_acts_only_on_the_agreed_fraction():
-    from detector.engine.schedule import TimeBudget
+    from detector.engine.callbacks.schedule import TimeBudget
 
     class Model:
         stop_training = False
@@ -111,7 +111,7 @@ def test_time_budget_acts_only_on_the_agreed_fraction():
 def test_a_failing_chief_callback_stops_every_worker_at_the_epoch_end():
     import keras
 
-    from detector.engine.distribute import ChiefOnly, SyncStop
+    from detector.engine.callbacks.distribute import ChiefOnly, SyncStop
 
     class Boom(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

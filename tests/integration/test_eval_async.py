@@ -10,7 +10,10 @@ import pytest
 from detector.config.schema import load_config, save_config
 from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
-from detector.engine.callbacks.checkpoints import BestCocoAP, EvalCopy
+from detector.engine.callbacks.best import KeepBest
+from detector.engine.callbacks.coco_ap import BestCocoAP
+from detector.engine.callbacks.early_stop import EarlyStop
+from detector.engine.eval_copy import EvalCopy
 from detector.evaluation.coco import STAT_NAMES
 from detector.model.network import build_inference_model
 
@@ -44,9 +47,8 @@ def background_callback(tiny_spec, run_dir, is_eval_epoch=lambda epoch: True, pa
         EvalCopy(model),
         val,
         ground_truth(val),
-        str(run_dir),
         is_eval_epoch,
-        patience=patience,
+        listeners=[KeepBest(str(run_dir)), EarlyStop(patience)],
         background=True,
     )
     rows = Rows()
@@ -90,7 +92,7 @@ def test_rows_wait_for_their_own_epochs_ap(tiny_spec, tmp_path):
     assert [(e, ap) for e, ap in rows.rows[1:]] == [(1, 0.2), (2, rows.rows[2][1]), (3, 0.1)]
     assert np.isnan(rows.rows[2][1])
     assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 2
-    assert callback.best_ap == 0.2
+    assert callback.listeners[0].best_ap == 0.2
 
 
 def test_snapshot_is_taken_at_the_epoch_end(tiny_spec, tmp_path):
@@ -137,18 +139,19 @@ def test_async_and_sync_give_the_same_aps_and_best_epoch(tiny_spec, tmp_path):
     dirs = [tmp_path / "sync", tmp_path / "async"]
     for d in dirs:
         d.mkdir()
-    sync = BestCocoAP(EvalCopy(model), train, truth, str(dirs[0]), lambda epoch: True)
+    keep = [KeepBest(str(d)) for d in dirs]
+    sync = BestCocoAP(EvalCopy(model), train, truth, lambda epoch: True, listeners=[keep[0]])
     background = BestCocoAP(
-        EvalCopy(model), train, truth, str(dirs[1]), lambda epoch: True, background=True
+        EvalCopy(model), train, truth, lambda epoch: True, listeners=[keep[1]], background=True
     )
     sync_rows, async_rows = Rows(), Rows()
     background.late_logs.callbacks.append(async_rows)
     callbacks = [sync, sync_rows, background, background.late_logs]
     training.fit(data, steps_per_epoch=15, epochs=4, verbose=0, callbacks=callbacks)
     assert async_rows.rows == sync_rows.rows and len(sync_rows.rows) == 4
-    assert len({ap for _, ap in sync_rows.rows}) > 1 and sync.best_ap > 0
+    assert len({ap for _, ap in sync_rows.rows}) > 1 and keep[0].best_ap > 0
     best = [json.loads((d / "best.json").read_text()) for d in dirs]
-    assert best[0] == best[1] and background.best_ap == sync.best_ap
+    assert best[0] == best[1] and keep[1].best_ap == keep[0].best_ap
 
 
 def test_an_interrupted_run_lands_the_evaluation_in_flight(tiny_spec, tmp_path):

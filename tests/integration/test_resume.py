@@ -17,9 +17,11 @@ import pytest
 import detector.model.layers  # noqa: F401  (registers the custom layers for load_model)
 from detector.config.schema import load_config
 from detector.engine.callbacks.guards import NonFiniteGuard, NonFiniteLoss
+from detector.engine.callbacks.schedule import LearningRateCallback
+from detector.engine.callbacks.state import RunState
 from detector.engine.run import run
-from detector.engine.schedule import DarknetSchedule, LearningRateCallback, learning_rate_at
-from detector.engine.state import RunState, resolve, truncate_csv
+from detector.engine.schedule import DarknetSchedule, learning_rate_at
+from detector.engine.state import resolve, truncate_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [

@@ -1,12 +1,6 @@
-"""Training monitors: the NaN guard and the metrics CSV (with its curves).
+"""The NaN guard: a non-finite loss stops the run before the bad step reaches any state."""
 
-Checkpoints are in `detector.engine.callbacks.checkpoints`, the time budget and lr schedule in
-`detector.engine.schedule`, the multi-worker callbacks in `detector.engine.distribute`.
-"""
-
-import csv
 import math
-import os
 
 import keras
 
@@ -46,34 +40,3 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 "boxes in the data (python -m detector.data check). The run directory holds "
                 "the state of the last completed epoch; fix the cause and --resume."
             )
-
-
-class MetricsCSV(keras.callbacks.Callback):
-    """Appends one row per epoch to a CSV with fixed columns (1-based ``epoch`` first).
-
-    Unlike ``keras.callbacks.CSVLogger`` it writes no empty ``val_*`` columns, and
-    the columns do not depend on which keys the first epoch happened to log.
-    """
-
-    def __init__(self, path: str, columns: list[str], plot_path: str | None = None):
-        super().__init__()
-        self.path = path
-        self.columns = ["epoch", *columns]
-        self.plot_path = plot_path
-
-    def on_train_begin(self, logs=None):
-        if not os.path.exists(self.path):
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {**(logs or {}), "epoch": epoch + 1}
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([logs.get(c, "") for c in self.columns])
-            f.flush()
-            os.fsync(f.fileno())
-        evaluated = not math.isnan(float(logs.get("AP", math.nan)))
-        if self.plot_path and evaluated:  # the curves follow every evaluation
-            from detector.evaluation.training_plots import plot_curves
-
-            plot_curves(self.path, self.plot_path)
