@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from detector.api.errors import ConfigError
 from detector.config.schema import load_config
+from detector.utils.errors import ConfigError
 
 
 @dataclass

@@ -3,10 +3,9 @@
 one ``error: ...`` line on stderr, exit 2."""
 
 import argparse
-import os
 import sys
 
-from detector.config.schema import DEFAULT_CONFIG, load_config
+from detector.config.schema import DEFAULT_CONFIG
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,35 +54,18 @@ def train_main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.resume and (args.run_dir or args.data or args.config != DEFAULT_CONFIG):
         parser.error("--resume takes the run's own config, data and directory")
+    from detector.api import ConfigError, TrainingError, train
+
     try:
-        if args.resume:
-            config_path = os.path.join(args.resume, "config.yaml")
-            if not os.path.isfile(config_path):
-                raise ValueError(f"--resume: no run config at {config_path}")
-            cfg = load_config(config_path, train_overrides(args))
-            cfg.train.run_dir = args.resume
-        else:
-            cfg = load_config(args.config, train_overrides(args))
-        import keras
-
-        from detector.engine.distribute import ClusterError
-        from detector.engine.run import TrainingStopped, run
-
-        keras.utils.set_random_seed(cfg.train.seed)
-        try:
-            run(cfg, resume=bool(args.resume))
-        except (TrainingStopped, ClusterError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 3
-    except ValueError as error:  # detector.engine.faults.RunFailed too: data, disk
-        if type(error).__name__ == "RunFailed":  # end Keras' progress line first
+        config = None if args.resume else args.config
+        train(config, overrides=train_overrides(args), resume=args.resume)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except ConfigError as error:  # detector.engine.faults.RunFailed too: data, disk
+        if type(error.__cause__).__name__ == "RunFailed":  # end Keras' progress line first
             print(flush=True)
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a path the system refuses before the run started
-        from detector.engine.faults import describe_os_error
-
-        print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # detector.engine.faults.Interrupted once started
         again = f"python train.py --resume {args.resume}" if args.resume else "the same command"

@@ -88,6 +88,24 @@ class TrainInput:
     mosaic_switch: MosaicSwitch | None = None
 
 
+def _check_input(spec: TrainInput, shard: tuple[int, int], replicas_per_pipeline: int) -> None:
+    """ValueError when the batch does not split over the pipelines and replicas, or when
+    mosaic / mixup are asked of packed records."""
+    count, index = shard
+    if count < 1 or not 0 <= index < count or spec.batch_size % (count * replicas_per_pipeline):
+        raise ValueError(
+            f"the global batch {spec.batch_size} must split evenly into {count} input "
+            f"pipelines x {replicas_per_pipeline} replicas"
+        )
+    records = spec.records
+    if records.packed and (spec.mosaic > 0 or spec.mixup > 0):
+        raise ValueError(
+            f"data.mosaic / data.mixup ({spec.mosaic:g} / {spec.mixup:g}): not supported "
+            f"with packed records ({records.folder}); use the dataset spec's record list "
+            "or set data.mosaic: 0 and data.mixup: 0"
+        )
+
+
 def make_train_dataset(
     spec: TrainInput, shard: tuple[int, int] = (1, 0), replicas_per_pipeline: int = 1
 ) -> tf.data.Dataset:
@@ -111,21 +129,11 @@ def make_train_dataset(
             many consecutive batches, one per replica of the worker (as
             ``distribute_datasets_from_function`` expects). Defaults to 1.
     """
+    _check_input(spec, shard, replicas_per_pipeline)
     count, index = shard
-    if count < 1 or not 0 <= index < count or spec.batch_size % (count * replicas_per_pipeline):
-        raise ValueError(
-            f"the global batch {spec.batch_size} must split evenly into {count} input "
-            f"pipelines x {replicas_per_pipeline} replicas"
-        )
     local_batch = spec.batch_size // count
     start = spec.start_step * spec.batch_size  # elements consumed (all pipelines together)
     records = spec.records
-    if records.packed and (spec.mosaic > 0 or spec.mixup > 0):
-        raise ValueError(
-            f"data.mosaic / data.mixup ({spec.mosaic:g} / {spec.mixup:g}): not supported "
-            f"with packed records ({records.folder}); use the dataset spec's record list "
-            "or set data.mosaic: 0 and data.mixup: 0"
-        )
     # OpenCV's own thread pool would oversubscribe the cores beside tf.data's threads
     cv2.setNumThreads(1)
     # a pipeline that reads its own shard files numbers its own elements

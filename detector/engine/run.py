@@ -18,7 +18,7 @@ from detector.data.records import Dataset
 from detector.data.spec import load_dataset, overlap_warning, split_overlap
 from detector.engine import build
 from detector.engine.callbacks.guards import NonFiniteLoss
-from detector.engine.callbacks.user import load_callbacks, run_result
+from detector.engine.callbacks.user import RunResult, load_callbacks, run_result
 from detector.engine.devices import check_precision, run_settings
 from detector.engine.distribute import Cluster, ClusterError, make_cluster, make_datasets
 from detector.engine.faults import check_architecture, resumable
@@ -32,8 +32,11 @@ class TrainingStopped(RuntimeError):
     """The run stopped on purpose with a message for the user (e.g. a non-finite loss)."""
 
 
-def run(cfg: Config, resume: bool = False, callbacks=()) -> dict:
-    """Trains as configured; returns the COCO metrics of ``best.keras`` on the val split.
+def run(cfg: Config, resume: bool = False, callbacks=()) -> RunResult:
+    """Trains as configured; returns the `RunResult`: the run directory, its checkpoints,
+    the COCO metrics of ``best.keras`` on the val split (``best_metrics``; {} on the other
+    workers of a multi-worker run, and for a resumed run with nothing left to do) and
+    metrics.csv's rows.
 
     `callbacks`: keras Callbacks of the caller, after those of ``train.callbacks``
     (`detector.engine.callbacks.user`; a `detector.Callback` also gets the detector's
@@ -45,7 +48,7 @@ def run(cfg: Config, resume: bool = False, callbacks=()) -> dict:
 
     Under ``train.distribute`` (docs/distributed.md) every worker process calls this with
     the same config; only the chief (worker 0) writes the run directory, evaluates and
-    returns the metrics (the others return {}). The mixed-precision policy is set for the
+    returns the metrics. The mixed-precision policy is set for the
     run and restored after it. ``train.precision`` / ``train.jit_compile`` ``auto`` are
     resolved for this machine first (`detector.engine.devices.run_settings`, printed); the
     resolved values are what the run uses and what its config.yaml records.
@@ -69,7 +72,7 @@ def run(cfg: Config, resume: bool = False, callbacks=()) -> dict:
 
 def _run(
     cfg: Config, resume: bool, cluster: Cluster, start: float, locks: contextlib.ExitStack, user
-) -> dict:
+) -> RunResult:
     # The chief reads the data first: a synthetic spec is generated on first use, by it alone.
     with _all_or_none(cluster, "to read the data"):
         check_precision(cfg.train.precision)  # every worker, before any collective
@@ -83,7 +86,7 @@ def _run(
     if cluster.multi_worker:
         _check_workers_agree(cluster, cfg, len(train.records), plan.done, plan.run_dir)
     if resume and plan.done >= cfg.train.epochs:
-        return _finished(plan, val, cfg.eval, cluster)
+        return run_result(plan.run_dir, _finished(plan, val, cfg.eval, cluster))
     announce(plan, cluster, len(train.records), len(val.records))
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     with cluster.strategy.scope():
@@ -106,10 +109,10 @@ def _run(
     if callbacks.budget.stopped:
         print(f"stopped after the {cfg.train.max_minutes:g}-minute budget")
     if not cluster.is_chief:
-        return {}
-    metrics = final_report(plan.run_dir, val, cfg.eval)
-    callbacks.events.on_run_end(run_result(plan.run_dir, metrics))
-    return metrics
+        return run_result(plan.run_dir, {})
+    result = run_result(plan.run_dir, final_report(plan.run_dir, val, cfg.eval))
+    callbacks.events.on_run_end(result)
+    return result
 
 
 @contextlib.contextmanager

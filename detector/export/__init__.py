@@ -21,19 +21,22 @@ interpreter runs (no Flex ops). Without NMS the output is ``raw_grid`` (B, S/32,
 
 Batch: a TFLite file takes batch 1 (what mobile SDKs expect); a SavedModel or ONNX file
 any batch. `detector.inference.runtimes.load_runtime` runs every artifact with one interface.
-Beside each artifact, its `detector.inference.runtimes.Metadata` as JSON (`metadata_path`).
+Beside each artifact, its `detector.inference.metadata.Metadata` as JSON (`metadata_path`).
 """
 
 import os
 import shutil
+import sys
 import tempfile
+import types
 from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from detector.inference.runtimes import Metadata, load_keras, metadata_path
+from detector.inference.metadata import Metadata, metadata_path
+from detector.inference.runtimes import load_keras
 from detector.model.postprocess import decode, portable_nms
 from detector.utils.atomic import atomic_write_bytes
 from detector.utils.limits import check_input_size, check_max_det
@@ -317,3 +320,26 @@ def tflite_ops(path: str) -> Iterator[str]:
             yield code.CustomCode().decode()
         else:
             yield builtin_names[builtin]
+
+
+class _CallableModule(types.ModuleType):
+    """This subpackage, callable: ``detector.export(checkpoint, format, ...)`` is the
+    Python API of ``python -m detector.export`` (`export`, its ValueErrors raised as
+    `detector.ConfigError` with the same message), while ``detector.export.export``,
+    ``python -m detector.export`` and every import of the subpackage stay as they are."""
+
+    def __call__(self, checkpoint: str, format: str, **kwargs) -> str:
+        from detector.utils.atomic import describe_os_error
+        from detector.utils.errors import ConfigError
+
+        try:
+            return export(checkpoint, format, **kwargs)
+        except ConfigError:
+            raise
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        except OSError as error:  # a path the system refuses
+            raise ConfigError(describe_os_error(error)) from error
+
+
+sys.modules[__name__].__class__ = _CallableModule

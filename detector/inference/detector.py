@@ -28,8 +28,9 @@ import numpy as np
 
 from detector.data.records import Dataset
 from detector.inference.forward import make_predict_fn
+from detector.inference.metadata import Metadata
 from detector.inference.results import Result, coco_results, draw_boxes
-from detector.inference.runtimes import Metadata, Runtime, keras_runtime, load_keras, load_runtime
+from detector.inference.runtimes import Runtime, keras_runtime, load_keras, load_runtime
 from detector.inference.sources import as_inputs, batched
 from detector.model.network import head_metadata
 from detector.utils.boxes import iou_xyxy, to_image_pixels

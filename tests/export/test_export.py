@@ -16,7 +16,8 @@ from detector.data.spec import load_dataset
 from detector.evaluation.coco import evaluate_model
 from detector.export import default_path, export, tflite_ops
 from detector.export.__main__ import main
-from detector.inference.runtimes import Metadata, load_runtime, metadata_path
+from detector.inference.metadata import Metadata, metadata_path
+from detector.inference.runtimes import load_runtime
 from detector.model.loss import YoloLoss, identity_loss
 from detector.model.network import build_inference_model, build_training_model
 from detector.model.postprocess import nms, portable_nms

@@ -29,7 +29,8 @@ from detector.data.coco import ground_truth
 from detector.data.spec import load_dataset
 from detector.data.yolo import read_yolo
 from detector.evaluation.coco import coco_metrics, evaluate_model, load_coco
-from detector.inference.runtimes import Metadata, Runtime, load_runtime
+from detector.inference.metadata import Metadata
+from detector.inference.runtimes import Runtime, load_runtime
 from detector.model.network import build_inference_model
 from tests.helpers.data import TINY_MODEL, set_flags
 
@@ -399,7 +400,8 @@ def test_cli_missing_files_are_named(forced_checkpoint, tmp_path, capsys):
 
 
 def test_a_fixed_batch_runtime_runs_any_number_of_images():
-    from detector.inference.runtimes import Metadata, Runtime
+    from detector.inference.metadata import Metadata
+    from detector.inference.runtimes import Runtime
 
     def forward(images):  # batch of exactly 2; echoes each image's first pixel as its score
         assert len(images) == 2

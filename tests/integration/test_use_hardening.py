@@ -286,7 +286,7 @@ def edited(artifact: Path, tmp_path: Path, **changes) -> tuple[Path, Path]:
     import json
     import shutil
 
-    from detector.inference.runtimes import metadata_path
+    from detector.inference.metadata import metadata_path
 
     copy = tmp_path / artifact.name
     if artifact.is_dir():
