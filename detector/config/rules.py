@@ -65,6 +65,10 @@ RULES: dict[str, Rule] = {
     "train.optimizer": _one_of("adam", "sgd", "adamw"),
     "loss.objectness": _one_of("mse", "bce"),
     "loss.box": _one_of("mse", "ciou"),
+    "loss.class_weights": (
+        (lambda v: v in ("none", "auto") if isinstance(v, str) else bool(v) and min(v) > 0),
+        "'none', 'auto' or a list of one weight > 0 per class",
+    ),
     "train.precision": _one_of("auto", "float32", "mixed_float16", "mixed_bfloat16"),
     "train.jit_compile": ((lambda v: v in (True, False, "auto")), "true, false or auto"),
     "train.schedule": _one_of("cosine", "steps", "constant"),

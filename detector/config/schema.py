@@ -93,7 +93,11 @@ class LossConfig:
     """YOLOv2 region-loss scales; `warmup_images` = seen images of prior-matching warm-up;
     `iou_thresh` < 1 also assigns a box to other anchors of its cell above that shape IoU.
     `box`: the coordinate term, "mse" (darknet's) or "ciou" (1 - complete IoU, YOLOv4).
-    `xla`: the loss terms compiled by XLA inside the step (see `YoloLoss`)."""
+    `xla`: the loss terms compiled by XLA inside the step (see `YoloLoss`).
+    `class_weights`: each object's class term times its class's weight: "none", "auto"
+    (from the training set's box counts at the start of a run,
+    `detector.engine.class_weights`) or one weight > 0 per class (its length is checked
+    against the training data's classes when the run starts)."""
 
     coord_scale: float = 3.0
     object_scale: float = 5.0
@@ -107,6 +111,7 @@ class LossConfig:
     iou_thresh: float = 0.213
     box: str = "mse"
     xla: bool = True
+    class_weights: list[float] | str = "none"
 
 
 @dataclass

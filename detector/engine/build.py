@@ -113,7 +113,8 @@ def eval_kwargs(e: EvalConfig) -> dict:
 
 
 def make_loss(loss: LossConfig, *, anchors, num_classes: int) -> YoloLoss:
-    """The YoloLoss layer with the config's scales."""
+    """The YoloLoss layer with the config's scales and class weights (``auto`` resolved
+    by ``run.prepare_run``: `detector.engine.class_weights`)."""
     return YoloLoss(
         anchors,
         num_classes,
@@ -127,6 +128,7 @@ def make_loss(loss: LossConfig, *, anchors, num_classes: int) -> YoloLoss:
         prior_scale=loss.prior_scale,
         objectness=loss.objectness,
         box=loss.box,
+        class_weights=None if loss.class_weights == "none" else loss.class_weights,
         xla=loss.xla,
         name="yolo_loss",
     )

@@ -19,6 +19,7 @@ from detector.data.spec import load_dataset, overlap_warning, split_overlap
 from detector.engine import build
 from detector.engine.callbacks.guards import NonFiniteLoss
 from detector.engine.callbacks.user import RunResult, load_callbacks, run_result
+from detector.engine.class_weights import choose_class_weights
 from detector.engine.devices import check_precision, run_settings
 from detector.engine.distribute import Cluster, ClusterError, make_cluster, make_datasets
 from detector.engine.faults import check_architecture, resumable
@@ -157,13 +158,12 @@ def report_problems(name: str, dataset: Dataset) -> None:
 def prepare_run(
     cfg: Config, resume: bool, cluster: Cluster, train: Dataset, *, locks: contextlib.ExitStack
 ) -> RunPlan:
-    """Checks the config against the data, picks the run directory and the anchors,
-    reads a resumed run's state, writes config.yaml (chief) and returns the plan. The
-    chief locks the run directory (`detector.utils.runlock`) until `locks` closes; from the
-    return on, Ctrl-C and faults from outside (data, disk) are reported with the way to
-    continue (`detector.engine.faults.resumable`, also closed with `locks`). A resume refuses
-    damaged state (`detector.engine.state.resume_point`) and a changed architecture
-    (`detector.engine.faults.check_architecture`) before anything is written."""
+    """Checks the config against the data, picks the run directory, anchors and class
+    weights, reads a resumed run's state, writes config.yaml (chief), returns the plan. The
+    chief locks the run directory (`utils.runlock`) until `locks` closes; then Ctrl-C and
+    faults from outside (data, disk) are reported with the way to continue
+    (`faults.resumable`). Before anything is written, a resume refuses damaged state
+    (`state.resume_point`) and a changed architecture (`faults.check_architecture`)."""
     d, t = cfg.data, cfg.train
     steps = len(train.records) // d.batch_size
     if steps == 0:
@@ -175,7 +175,8 @@ def prepare_run(
             f"data.batch_size: {d.batch_size} (the global batch) does not split "
             f"evenly over {cluster.num_replicas} replicas"
         )
-    build.check_steps_per_execution(t, steps)  # before anything is written
+    build.check_steps_per_execution(t, steps)  # these two before anything is written
+    class_weights = choose_class_weights(cfg.loss, train)
     if resume and cluster.is_chief:  # locked before resolve() repairs its state
         locks.enter_context(run_lock(t.run_dir))
         clean_temporaries(t.run_dir)
@@ -192,6 +193,7 @@ def prepare_run(
         cfg,
         model=dataclasses.replace(cfg.model, anchors=anchors, num_anchors=len(anchors)),
         data=_without_mosaic_if_packed(d, train),
+        loss=dataclasses.replace(cfg.loss, class_weights=class_weights),
         train=dataclasses.replace(t, run_dir=run_dir),
     )
     done = meta["epoch"] if meta else 0

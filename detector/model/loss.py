@@ -62,6 +62,22 @@ def pairwise_iou_cxcywh(a, b):
     return elementwise_iou_cxcywh(a[:, :, :, :, None, :], b[:, None, None, None, :, :])
 
 
+def _checked_class_weights(weights, num_classes: int) -> list[float] | None:
+    """`weights` as a list of `num_classes` finite floats > 0, or None; else a ValueError."""
+    if weights is None:
+        return None
+    try:
+        values = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != num_classes or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(
+            f"YoloLoss: class_weights must be None or {num_classes} weights > 0 (one per "
+            f"class), got {weights!r}"
+        )
+    return values
+
+
 @keras.saving.register_keras_serializable(package="detector")
 class YoloLoss(keras.layers.Layer):
     """YOLOv2's region loss (darknet ``region_layer``), one value per image.
@@ -95,6 +111,11 @@ class YoloLoss(keras.layers.Layer):
             the decoded box with its truth (YOLOv4 onwards), which scores the overlap
             itself, the same for every object size. Both times `coord_scale`.
             Defaults to "mse".
+        class_weights: list of float or None. One weight > 0 per class: the class term
+            of a predictor responsible for an object of class c is multiplied by
+            ``class_weights[c]`` (class imbalance; ``detector.engine.class_weights`` derives
+            them from the training set). None: every class weighs 1, the term unchanged.
+            Defaults to None.
         xla: bool. Compute the terms (forward and gradient) as one XLA computation
             inside the step, also when the step itself is not compiled (CPU, several
             replicas). They are ~350 small tensor ops whose per-op dispatch, not their
@@ -116,6 +137,7 @@ class YoloLoss(keras.layers.Layer):
         prior_scale: float = 0.01,
         objectness: str = "mse",
         box: str = "mse",
+        class_weights=None,
         xla: bool = True,
         **kwargs,
     ):
@@ -137,6 +159,7 @@ class YoloLoss(keras.layers.Layer):
         if box not in ("mse", "ciou"):
             raise ValueError(f"YoloLoss: box must be 'mse' or 'ciou', got {box!r}")
         self.box = box
+        self.class_weights = _checked_class_weights(class_weights, self.num_classes)
         self.xla = bool(xla)
         self._compiled_terms = None  # the tf.function of loss_terms, made on first call
         self.trackers = [keras.metrics.Mean(name=term) for term in TERMS]
@@ -200,6 +223,9 @@ class YoloLoss(keras.layers.Layer):
             labels = ops.one_hot(ops.cast(y_true[..., 5], "int32"), self.num_classes)
             log_probs = ops.log_softmax(raw[..., 5:], axis=-1)
             cls = -self.class_scale * has_obj * ops.sum(labels * log_probs, axis=-1)
+            if self.class_weights is not None:  # each object's class term times its weight
+                weights = ops.convert_to_tensor(self.class_weights, dtype="float32")
+                cls = cls * ops.sum(labels * weights, axis=-1)
         else:
             cls = ops.zeros_like(has_obj)
 
@@ -255,5 +281,6 @@ class YoloLoss(keras.layers.Layer):
             "prior_scale": self.prior_scale,
             "objectness": self.objectness,
             "box": self.box,
+            "class_weights": self.class_weights,
             "xla": self.xla,
         }

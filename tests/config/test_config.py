@@ -175,6 +175,12 @@ def test_list_elements_and_unions_are_type_checked() -> None:
         ("data.multiscale=[320, 600]", "'data.multiscale'"),
         ("data.multiscale=[608, 320]", "'data.multiscale'"),
         ("data.multiscale=[448, 608]", "must include model.input_size 320"),
+        ("loss.class_weights=balanced", "'loss.class_weights': must be 'none', 'auto' or a"),
+        ("loss.class_weights=[]", "'loss.class_weights'"),
+        ("loss.class_weights=[1, 0]", "'loss.class_weights'"),
+        ("loss.class_weights=[1, -2.5]", "'loss.class_weights'"),
+        ("loss.class_weights=[1, heavy]", "'loss.class_weights': expected list[float] | str"),
+        ("loss.class_weights=null", "'loss.class_weights': expected"),
     ],
 )
 def test_invalid_values_rejected(override: str, message: str) -> None:
@@ -207,6 +213,20 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert load_config(path) == cfg
     assert yaml.safe_load(path.read_text(encoding="utf-8")) == config_to_dict(cfg)
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("none", "none"), ("auto", "auto"), ("[1, 2.5, 0.25]", [1.0, 2.5, 0.25])],
+)
+def test_class_weights_load_and_round_trip(tmp_path: Path, override: str, expected) -> None:
+    cfg = load_config(overrides=[f"loss.class_weights={override}"])
+    assert cfg.loss.class_weights == expected and Config().loss.class_weights == "none"
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    assert load_config(path) == cfg
+    from_yaml = load_config(_write(tmp_path, {"loss": {"class_weights": expected}}))
+    assert from_yaml.loss.class_weights == expected
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import keras
 import pytest
 import yaml
 
-from detector.config.schema import load_config
+from detector.config.schema import LossConfig, load_config
 from detector.data.spec import load_dataset
-from detector.engine.build import make_callbacks, make_schedule
+from detector.engine.build import make_callbacks, make_loss, make_schedule
 from detector.engine.callbacks.checkpoints import SaveLast
 from detector.engine.callbacks.coco_ap import BestCocoAP
 from detector.engine.callbacks.distribute import ChiefOnly, SyncStop
@@ -23,6 +23,7 @@ from detector.engine.callbacks.mosaic import CloseMosaic
 from detector.engine.callbacks.schedule import LearningRateCallback, TimeBudget
 from detector.engine.callbacks.state import RunState
 from detector.engine.callbacks.user import Callback
+from detector.engine.class_weights import auto_class_weights, class_counts
 from detector.engine.distribute import Cluster
 from detector.engine.plan import RunPlan
 from detector.engine.run import best_so_far, prepare_run
@@ -227,3 +228,40 @@ def test_best_so_far_of_a_resumed_run(tmp_path, meta, best_json, expected):
     if best_json is not None:
         (tmp_path / "best.json").write_text(json.dumps({"AP": best_json}))
     assert best_so_far(str(tmp_path), meta, resume=meta is not None) == expected
+
+
+def _tiny_run_config(tiny_spec, run_dir, *more):
+    return load_config(
+        overrides=[
+            f"data.spec={tiny_spec}",
+            f"train.run_dir={run_dir}",
+            "model.input_size=64",
+            "data.multiscale=[]",
+            "data.batch_size=4",
+            *more,
+        ]
+    )
+
+
+def test_prepare_run_resolves_auto_class_weights_into_config_yaml(tiny_spec, tmp_path, capsys):
+    cfg = _tiny_run_config(tiny_spec, tmp_path / "r", "loss.class_weights=auto")
+    train = load_dataset(str(tiny_spec), "train")
+    with contextlib.ExitStack() as locks:
+        plan = prepare_run(cfg, False, CLUSTERS["single"], train, locks=locks)
+    expected = auto_class_weights(class_counts(train.records, len(train.names))).tolist()
+    assert cfg.loss.class_weights == "auto" and plan.config.loss.class_weights == expected
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["loss"]["class_weights"] == expected  # a resume trains with the same ones
+    assert "loss.class_weights auto (" in capsys.readouterr().out
+    layer = make_loss(plan.config.loss, anchors=plan.anchors, num_classes=len(train.names))
+    assert layer.class_weights == expected
+    assert make_loss(LossConfig(), anchors=plan.anchors, num_classes=3).class_weights is None
+
+
+def test_prepare_run_refuses_class_weights_of_the_wrong_length_before_writing(tiny_spec, tmp_path):
+    cfg = _tiny_run_config(tiny_spec, tmp_path / "r", "loss.class_weights=[1, 2]")
+    train = load_dataset(str(tiny_spec), "train")
+    with pytest.raises(ValueError, match=r"^loss.class_weights: 2 weights for the 4 classes"):
+        with contextlib.ExitStack() as locks:
+            prepare_run(cfg, False, CLUSTERS["single"], train, locks=locks)
+    assert not (tmp_path / "r").exists()

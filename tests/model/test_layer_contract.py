@@ -62,14 +62,20 @@ def test_yolo_head_contract(tmp_path):
     check_layer_contract(layer, _features((2, 3, 4, len(ANCHORS) * (5 + NUM_CLASSES))), tmp_path)
 
 
-@pytest.mark.parametrize("objectness", ["mse", "bce"])
-def test_yolo_loss_contract(tmp_path, objectness):
+@pytest.mark.parametrize("objectness, class_weights", [("mse", None), ("bce", [0.5, 3.0])])
+def test_yolo_loss_contract(tmp_path, objectness, class_weights):
     layer = YoloLoss(
-        ANCHORS, NUM_CLASSES, coord_scale=2.0, ignore_thresh=0.5, objectness=objectness
+        ANCHORS,
+        NUM_CLASSES,
+        coord_scale=2.0,
+        ignore_thresh=0.5,
+        objectness=objectness,
+        class_weights=class_weights,
     )
     inputs = _loss_inputs()
     check_layer_contract(layer, inputs, tmp_path)
     assert np.all(keras.ops.convert_to_numpy(layer(inputs)) > 0)  # not a vacuous comparison
+    assert YoloLoss.from_config(layer.get_config()).class_weights == class_weights
 
 
 def test_identity_loss_survives_a_compiled_model_save_and_load(tmp_path):

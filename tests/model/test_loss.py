@@ -238,3 +238,69 @@ def test_xla_compiled_terms_equal_the_graph_ops(box):
     compiled = layers[True]._compiled_terms
     assert compiled is not None and compiled.experimental_get_tracing_count() >= 1
     assert layers[False]._compiled_terms is None
+
+
+def class_term_by_hand(raw, y_true):
+    """Per-image class term of every responsible predictor, in numpy: -log softmax at
+    its object's class, and (B, C) the same split by the object's class."""
+    logits = raw[..., 5:].astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    per_class = np.zeros((len(raw), C))
+    for b, row, col, a in zip(*np.nonzero(y_true[..., 4]), strict=True):
+        c = int(y_true[b, row, col, a, 5])
+        per_class[b, c] -= log_probs[b, row, col, a, c]
+    return per_class.sum(-1), per_class
+
+
+def three_images():
+    y_true, true_boxes = batch(
+        [[((20, 30, 70, 60), 1), ((80, 10, 120, 100), 2)], [((5, 5, 40, 50), 0)], []]
+    )
+    return raw_output(y_true, seed=5), y_true, true_boxes
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_no_class_weights_leave_the_loss_as_before(xla):
+    """class_weights=None (``loss.class_weights: none``) computes the loss of the layer
+    before class weights existed: the per-image totals below were printed by the
+    previous commit's YoloLoss on these inputs, and the class term is the plain
+    cross-entropy."""
+    raw, y_true, true_boxes = three_images()
+    layer = YoloLoss(ANCHORS, C, class_weights=None, xla=xla)
+    before = [18.1757755279541, 17.192684173583984, 13.555059432983398]
+    np.testing.assert_allclose(layer([raw, y_true, true_boxes]), before, rtol=1e-5)
+    expected, _ = class_term_by_hand(raw, y_true)
+    np.testing.assert_allclose(terms(layer, raw, y_true, true_boxes)["cls"], expected, rtol=1e-5)
+    assert layer.get_config()["class_weights"] is None
+
+
+@pytest.mark.parametrize("c", range(C))
+def test_class_weights_scale_the_class_term_of_one_box_by_its_weight(c):
+    y_true, true_boxes = batch([[((20, 30, 70, 60), c)]])
+    raw = raw_output(y_true, seed=c)
+    weights = [0.5, 2.0, 7.0]
+    plain = terms(YoloLoss(ANCHORS, C), raw, y_true, true_boxes)
+    weighted = terms(YoloLoss(ANCHORS, C, class_weights=weights), raw, y_true, true_boxes)
+    assert plain["cls"][0] > 0
+    np.testing.assert_allclose(weighted["cls"], weights[c] * plain["cls"], rtol=1e-6)
+    for k in set(TERMS) - {"cls"}:
+        np.testing.assert_array_equal(weighted[k], plain[k])
+
+
+def test_class_weights_weigh_each_object_by_its_own_class():
+    """Objects of classes 1 and 2 in one image, of class 0 in another: each image's class
+    term is the sum of its objects' cross-entropies times their class's weight."""
+    raw, y_true, true_boxes = three_images()
+    weights = np.array([0.25, 3.0, 1.5])
+    layer = YoloLoss(ANCHORS, C, class_weights=weights.tolist())
+    _, per_class = class_term_by_hand(raw, y_true)
+    assert (per_class[:2].sum(-1) > 0).all()
+    np.testing.assert_allclose(
+        terms(layer, raw, y_true, true_boxes)["cls"], per_class @ weights, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("weights", [[1.0, 2.0], [1.0, 0.0, 1.0], [1.0, -1.0, 1.0], "auto"])
+def test_class_weights_must_be_one_positive_weight_per_class(weights):
+    with pytest.raises(ValueError, match="class_weights must be None or 3 weights > 0"):
+        YoloLoss(ANCHORS, C, class_weights=weights)
