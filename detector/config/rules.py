@@ -49,6 +49,9 @@ def _is_callback_entry(v: Any) -> bool:
     )
 
 
+# the experiment trackers of train.loggers (detector.engine.callbacks.trackers)
+LOGGERS = ("mlflow", "wandb")
+
 Rule = tuple[Callable[[Any], bool], str]
 
 
@@ -93,6 +96,11 @@ RULES: dict[str, Rule] = {
         (lambda v: all(_is_callback_entry(entry) for entry in v)),
         "a list of 'module:Class' or {class: 'module:Class', args: {name: value}}",
     ),
+    "train.loggers": (
+        (lambda v: len(set(v)) == len(v) and set(v) <= set(LOGGERS)),
+        f"a list of distinct names among {list(LOGGERS)}",
+    ),
+    "train.wandb_mode": _one_of("", "online", "offline", "disabled"),
     "train.freeze": (
         (lambda v: v == "backbone" or (isinstance(v, int) and v >= 0)),
         "an int >= 0 or 'backbone'",

@@ -146,6 +146,10 @@ class TrainConfig:
     `callbacks`: the user's Keras callbacks, each ``"module:Class"`` or
     ``{"class": "module:Class", "args": {keyword: value}}``, imported when the run
     starts (`detector.engine.callbacks.user`).
+    `loggers`: experiment trackers, "mlflow" and/or "wandb" (`detector.engine.callbacks.
+    trackers`); `mlflow_uri` ("" = MLFLOW_TRACKING_URI or mlflow's default), `project` (the
+    experiment / project; "" = the run directory's parent folder, else "detector"),
+    `wandb_mode` ("" = WANDB_MODE, else wandb's default).
     """
 
     epochs: int = 1000
@@ -174,6 +178,10 @@ class TrainConfig:
     freeze: int | str = 0
     close_mosaic: float = 0.1
     callbacks: list[str | dict] = field(default_factory=list)
+    loggers: list[str] = field(default_factory=list)
+    mlflow_uri: str = ""
+    project: str = ""
+    wandb_mode: str = ""
     run_dir: str = "runs/default"
 
 

@@ -6,7 +6,6 @@ layers, models, pipeline and callbacks, which never see a config object (detectr
 optimizer → training model → input pipeline → callbacks.
 """
 
-import dataclasses
 import os
 
 import keras
@@ -19,6 +18,7 @@ from detector.config.schema import (
     LossConfig,
     ModelConfig,
     TrainConfig,
+    config_to_dict,
 )
 from detector.data.albu import build_stage
 from detector.data.augment import build_augmenter
@@ -32,19 +32,25 @@ from detector.engine.callbacks.early_stop import EarlyStop
 from detector.engine.callbacks.guards import NonFiniteGuard
 from detector.engine.callbacks.images import ValImages
 from detector.engine.callbacks.logs import MetricsCSV
+from detector.engine.callbacks.mlflow_logger import MlflowLogger
 from detector.engine.callbacks.mosaic import CloseMosaic
 from detector.engine.callbacks.schedule import LearningRateCallback, TimeBudget
 from detector.engine.callbacks.state import RunState
 from detector.engine.callbacks.user import UserEvents
+from detector.engine.callbacks.wandb_logger import WandbLogger
 from detector.engine.devices import resolve_jit_compile
 from detector.engine.distribute import Cluster
 from detector.engine.eval_copy import EvalCopy
 from detector.engine.plan import RunPlan
+from detector.engine.run_callbacks import RunCallbacks
 from detector.engine.schedule import DarknetSchedule
 from detector.evaluation.coco import STAT_NAMES
 from detector.model.anchors import box_shapes, kmeans_anchors, mean_best_iou
 from detector.model.loss import TERMS, YoloLoss, identity_loss
 from detector.model.network import build_inference_model, build_training_model, freeze_layers
+
+# the epoch numbers metrics.csv keeps and the experiment trackers log
+EPOCH_COLUMNS = ["lr", "loss", *TERMS, *STAT_NAMES]
 
 
 def choose_anchors(model: ModelConfig, train: Dataset, *, seed: int, letterbox: bool) -> list:
@@ -254,36 +260,22 @@ def _mosaic_until(cfg: Config, plan: RunPlan) -> int | None:
     return max(0, round(epochs * plan.steps)) * cfg.data.batch_size
 
 
-@dataclasses.dataclass
-class RunCallbacks:
-    """The ordered callbacks of `fit`, and the ones the caller asks after it.
-
-    Attributes:
-        callbacks: list of keras Callback. In the order of `make_callbacks`.
-        budget: TimeBudget. best: BestCocoAP or None (non-chief workers), with its parts
-            keep_best: KeepBest, early_stop: EarlyStop and events: UserEvents (None there).
-        chief_only: ChiefOnly or None (multi-worker chief). sync_stop: SyncStop or None.
-    """
-
-    callbacks: list
-    budget: TimeBudget
-    best: BestCocoAP | None = None
-    keep_best: KeepBest | None = None
-    early_stop: EarlyStop | None = None
-    events: UserEvents | None = None
-    chief_only: ChiefOnly | None = None
-    sync_stop: SyncStop | None = None
-
-    def chief_failed(self) -> bool:
-        """Whether a chief-only callback failed (multi-worker; `SyncStop` asks)."""
-        return bool(self.chief_only and self.chief_only.error)
-
-    def state_extras(self) -> dict:
-        """What `RunState` saves beside the weights: the best AP, the evaluations since it
-        and the time spent."""
-        best = self.keep_best.best_ap if self.keep_best else -1.0
-        stale = self.early_stop.stale if self.early_stop else 0
-        return {"best_ap": best, "stale": stale, "seconds": self.budget.spent()}
+def make_loggers(cfg: Config, plan: RunPlan) -> list:
+    """The experiment trackers of ``train.loggers``, in its order (their packages are
+    checked before the run starts: `detector.engine.callbacks.trackers.require`)."""
+    t = cfg.train
+    common = {
+        "run_dir": plan.run_dir,
+        "config": config_to_dict(cfg),
+        "columns": EPOCH_COLUMNS,
+        "project": t.project,
+        "resume": plan.resume,
+    }
+    make = {
+        "mlflow": lambda: MlflowLogger(uri=t.mlflow_uri, **common),
+        "wandb": lambda: WandbLogger(mode=t.wandb_mode, **common),
+    }
+    return [make[name]() for name in t.loggers]
 
 
 def make_callbacks(
@@ -319,6 +311,8 @@ def make_callbacks(
     5. The user's callbacks after MetricsCSV: their logs hold the epoch's lr and COCO
        numbers, its metrics.csv row is written, SaveLast's ``on_checkpoint("last")``
        came before; and before SyncStop and RunState, which act on their epoch end.
+       The experiment trackers of ``train.loggers`` (`make_loggers`) are appended to
+       them.
     6. TensorBoard after everything that adds to the logs. With ``eval.async``
        MetricsCSV, the user's callbacks and TensorBoard sit inside BestCocoAP's
        ``LateLogs`` (at MetricsCSV's place), which hands them each epoch's logs once
@@ -365,10 +359,12 @@ def make_callbacks(
 
 
 def _chief_callbacks(cfg: Config, plan: RunPlan, out: RunCallbacks, inference, val, gt, user):
-    """[BestCocoAP, SaveLast, MetricsCSV, *user] (``eval.async``: [BestCocoAP, SaveLast,
-    LateLogs([MetricsCSV, *user])]), the chief's alone; fills `out`'s best and its parts."""
+    """[BestCocoAP, SaveLast, MetricsCSV, *user, *trackers] (``eval.async``: [BestCocoAP,
+    SaveLast, LateLogs([MetricsCSV, *user, *trackers])]), the chief's alone; fills `out`'s
+    best and its parts."""
     run_dir = plan.run_dir
     eval_copy = EvalCopy(inference)
+    user = [*user, *make_loggers(cfg, plan)]
     out.keep_best = KeepBest(run_dir, best_ap=plan.best_ap)
     out.early_stop = EarlyStop(cfg.train.patience, stale=plan.stale)
     out.events = UserEvents(user)
@@ -385,7 +381,7 @@ def _chief_callbacks(cfg: Config, plan: RunPlan, out: RunCallbacks, inference, v
     )
     csv = MetricsCSV(
         os.path.join(run_dir, "metrics.csv"),
-        ["lr", "loss", *TERMS, *STAT_NAMES],
+        EPOCH_COLUMNS,
         plot_path=os.path.join(run_dir, "curves.png"),
     )
     on_saved = out.events.on_checkpoint if out.events.callbacks else None

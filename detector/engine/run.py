@@ -18,6 +18,7 @@ from detector.data.records import Dataset
 from detector.data.spec import load_dataset, overlap_warning, split_overlap
 from detector.engine import build
 from detector.engine.callbacks.guards import NonFiniteLoss
+from detector.engine.callbacks.trackers import require
 from detector.engine.callbacks.user import RunResult, load_callbacks, run_result
 from detector.engine.class_weights import choose_class_weights
 from detector.engine.devices import check_precision, run_settings
@@ -78,6 +79,7 @@ def _run(
     with _all_or_none(cluster, "to read the data"):
         check_precision(cfg.train.precision)  # every worker, before any collective
         user = load_callbacks(cfg.train.callbacks) + user  # every worker: the same errors
+        require(cfg.train.loggers)  # their packages, before the run directory is touched
         splits = read_splits(cfg.data.spec, cfg.data.max_pixels) if cluster.is_chief else None
     with _all_or_none(cluster, "to set up"):
         train, val = splits or read_splits(cfg.data.spec, cfg.data.max_pixels)
@@ -106,6 +108,16 @@ def _run(
         schedule=schedule,
         user=user,
     )
+    try:
+        return _train(model, dataset, cfg, plan, val, cluster, callbacks)
+    except BaseException as error:
+        if callbacks.events is not None:  # the chief's detector.Callbacks (trackers: end)
+            callbacks.events.on_run_failed(error)
+        raise
+
+
+def _train(model, dataset, cfg: Config, plan: RunPlan, val, cluster, callbacks) -> RunResult:
+    """``fit``, then the chief's final report and ``on_run_end``; returns the RunResult."""
     fit(model, dataset, cfg.train.epochs, plan, callbacks)
     if callbacks.budget.stopped:
         print(f"stopped after the {cfg.train.max_minutes:g}-minute budget")

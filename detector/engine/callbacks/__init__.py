@@ -15,6 +15,9 @@ uses them in is listed in one place: ``detector.engine.build.make_callbacks``.
   epoch's logs held back until its AP is known).
 - user.py: `Callback` (``detector.Callback``: the detector's events), `UserEvents`,
   `load_callbacks` (``train.callbacks``), `RunResult`.
+- trackers.py: `Tracker`, the experiment trackers' common part (``train.loggers``),
+  `require` (their packages); mlflow_logger.py: `MlflowLogger`; wandb_logger.py:
+  `WandbLogger`.
 - distribute.py: `ChiefOnly`, `SyncStop` (multi-worker).
 - state.py: `RunState` (the resume state, saved last at every epoch end).
 

@@ -72,6 +72,11 @@ class Callback(keras.callbacks.Callback):
         """Once, after training and the final report of best.keras (not when training
         stopped on an error)."""
 
+    def on_run_failed(self, error: BaseException) -> None:
+        """Once, instead of `on_run_end`, when training, the final report or an
+        ``on_run_end`` raised `error` (``KeyboardInterrupt`` for Ctrl-C) after training
+        began; the error then leaves ``run``. An error raised here is printed, not raised."""
+
 
 class UserEvents(EvalListener):
     """Hands the detector's events to the `Callback` instances among `callbacks`: a part
@@ -95,6 +100,16 @@ class UserEvents(EvalListener):
     def on_run_end(self, result: RunResult) -> None:
         for callback in self.callbacks:
             callback.on_run_end(result)
+
+    def on_run_failed(self, error: BaseException) -> None:
+        """Tells every callback; their own errors are printed, so `error` stays the one
+        that leaves the run."""
+        for callback in self.callbacks:
+            try:
+                callback.on_run_failed(error)
+            except Exception as own:  # noqa: BLE001 (reported, the run's error goes on)
+                name = type(callback).__name__
+                print(f"warning: {name}.on_run_failed: {type(own).__name__}: {own}")
 
 
 def read_history(path: str) -> list[dict]:
