@@ -125,7 +125,7 @@ def test_wandb_offline_holds_the_history_config_and_best_summary(tiny_spec, tmp_
         "train.wandb_mode=offline",
         "train.project=tiny",
     )
-    metrics = run(cfg)
+    metrics = run(cfg).best_metrics
     (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")  # under the run directory
     record = wandb_file.run(log)
     assert (record.project, record.display_name) == ("tiny", "run")
