@@ -295,33 +295,22 @@ def make_callbacks(
     budget spent into it, LearningRateCallback reads the lr from it. `user`: the user's
     callbacks (``train.callbacks``, then ``run(callbacks=...)``'s).
 
-    1. NonFiniteGuard first: it raises at a bad batch before any callback sees the epoch.
-    2. LearningRateCallback: its epoch-end ``lr`` must be in the logs before MetricsCSV,
-       the user's callbacks and TensorBoard read them.
-    3. TimeBudget before BestCocoAP: a spent budget sets ``stop_training`` at the epoch
-       end first, so that epoch's evaluation is the final one. CloseMosaic after it
-       (``train.close_mosaic`` < 1 with a budget): it reads the budget's share.
-    4. The chief's own, BestCocoAP → SaveLast → MetricsCSV → the user's callbacks: the
-       CSV row needs the AP BestCocoAP puts in the logs. BestCocoAP's parts, for each
-       evaluation: ValImages → KeepBest where it ran (``eval.async``: the worker
-       thread), then EarlyStop → UserEvents (``on_eval_end``, ``on_checkpoint("best")``)
-       in the training thread when it lands. Multi-worker: all inside ChiefOnly, so an
-       error in them stops every worker at the epoch end instead of stranding them, and
-       the user's callbacks run on the chief only.
-    5. The user's callbacks after MetricsCSV: their logs hold the epoch's lr and COCO
-       numbers, its metrics.csv row is written, SaveLast's ``on_checkpoint("last")``
-       came before; and before SyncStop and RunState, which act on their epoch end.
-       The experiment trackers of ``train.loggers`` (`make_loggers`) are appended to
-       them.
-    6. TensorBoard after everything that adds to the logs. With ``eval.async``
-       MetricsCSV, the user's callbacks and TensorBoard sit inside BestCocoAP's
-       ``LateLogs`` (at MetricsCSV's place), which hands them each epoch's logs once
-       its AP is known.
-    7. SyncStop (multi-worker) after every callback that may stop training.
-    8. RunState last: the state is saved once everything else is done with the epoch
-       (best AP and time spent included).
+    The order and why: `detector.engine.callbacks` (the package's docstring).
     """
-    train = cfg.train
+    out = _head_callbacks(cfg.train, plan, cluster, start, schedule)
+    if cluster.is_chief:
+        chief = _chief_callbacks(cfg, plan, out, inference, val, coco_gt, list(user or []))
+        if cluster.multi_worker:
+            out.chief_only = ChiefOnly(chief)
+            chief = [out.chief_only]
+        out.callbacks += chief
+    _add_tail_callbacks(out, plan, cluster)
+    return out
+
+
+def _head_callbacks(train, plan: RunPlan, cluster: Cluster, start: float, schedule):
+    """`make_callbacks`' 1-3: NonFiniteGuard, LearningRateCallback, TimeBudget and
+    CloseMosaic, in a new `RunCallbacks`."""
     sync = cluster.all_max if cluster.multi_worker else None
     budget = TimeBudget(
         train.max_minutes,
@@ -335,12 +324,12 @@ def make_callbacks(
         out.callbacks.append(
             CloseMosaic(plan.mosaic_switch, budget, train.close_mosaic, train.epochs)
         )
-    if cluster.is_chief:
-        chief = _chief_callbacks(cfg, plan, out, inference, val, coco_gt, list(user or []))
-        if cluster.multi_worker:
-            out.chief_only = ChiefOnly(chief)
-            chief = [out.chief_only]
-        out.callbacks += chief
+    return out
+
+
+def _add_tail_callbacks(out: RunCallbacks, plan: RunPlan, cluster: Cluster) -> None:
+    """`make_callbacks`' 6-8: TensorBoard (inside LateLogs with ``eval.async``), SyncStop
+    (multi-worker) and RunState, appended to `out`."""
     tensorboard = keras.callbacks.TensorBoard(
         os.path.join(plan.write_dir, "tensorboard"), write_graph=False
     )
@@ -348,14 +337,13 @@ def make_callbacks(
         out.best.late_logs.callbacks.append(tensorboard)  # eval.async: with the epoch's AP
     else:
         out.callbacks.append(tensorboard)
-    if sync is not None:
+    if cluster.multi_worker:
         out.sync_stop = SyncStop(cluster.all_max, failed=out.chief_failed)
         out.callbacks.append(out.sync_stop)
     state = RunState(
         plan.run_dir, write_dir=plan.write_dir, restore=plan.resume, extras=out.state_extras
     )
     out.callbacks.append(state)
-    return out
 
 
 def _chief_callbacks(cfg: Config, plan: RunPlan, out: RunCallbacks, inference, val, gt, user):

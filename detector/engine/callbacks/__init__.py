@@ -1,5 +1,5 @@
-"""Every Keras callback of a training run, one module per concern. The order the run
-uses them in is listed in one place: ``detector.engine.build.make_callbacks``.
+"""Every Keras callback of a training run, one module per concern, and the order the run
+uses them in (below), which ``detector.engine.build.make_callbacks`` builds.
 
 - guards.py: `NonFiniteGuard` (a NaN/Inf loss stops the run before any state is saved).
 - schedule.py: `TimeBudget` (the wall-clock budget), `LearningRateCallback` (lr in logs).
@@ -22,4 +22,32 @@ uses them in is listed in one place: ``detector.engine.build.make_callbacks``.
 - state.py: `RunState` (the resume state, saved last at every epoch end).
 
 The evaluation model they share is `detector.engine.eval_copy.EvalCopy`.
+
+The order, which matters (Keras calls callbacks in list order):
+
+1. NonFiniteGuard first: it raises at a bad batch before any callback sees the epoch.
+2. LearningRateCallback: its epoch-end ``lr`` must be in the logs before MetricsCSV,
+   the user's callbacks and TensorBoard read them.
+3. TimeBudget before BestCocoAP: a spent budget sets ``stop_training`` at the epoch
+   end first, so that epoch's evaluation is the final one. CloseMosaic after it
+   (``train.close_mosaic`` < 1 with a budget): it reads the budget's share.
+4. The chief's own, BestCocoAP → SaveLast → MetricsCSV → the user's callbacks: the
+   CSV row needs the AP BestCocoAP puts in the logs. BestCocoAP's parts, for each
+   evaluation: ValImages → KeepBest where it ran (``eval.async``: the worker
+   thread), then EarlyStop → UserEvents (``on_eval_end``, ``on_checkpoint("best")``)
+   in the training thread when it lands. Multi-worker: all inside ChiefOnly, so an
+   error in them stops every worker at the epoch end instead of stranding them, and
+   the user's callbacks run on the chief only.
+5. The user's callbacks after MetricsCSV: their logs hold the epoch's lr and COCO
+   numbers, its metrics.csv row is written, SaveLast's ``on_checkpoint("last")``
+   came before; and before SyncStop and RunState, which act on their epoch end.
+   The experiment trackers of ``train.loggers`` (`make_loggers`) are appended to
+   them.
+6. TensorBoard after everything that adds to the logs. With ``eval.async``
+   MetricsCSV, the user's callbacks and TensorBoard sit inside BestCocoAP's
+   ``LateLogs`` (at MetricsCSV's place), which hands them each epoch's logs once
+   its AP is known.
+7. SyncStop (multi-worker) after every callback that may stop training.
+8. RunState last: the state is saved once everything else is done with the epoch
+   (best AP and time spent included).
 """

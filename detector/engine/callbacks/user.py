@@ -4,7 +4,7 @@
 Any ``keras.callbacks.Callback`` can be given (``run(cfg, callbacks=[...])`` or
 ``train.callbacks`` in the YAML); a `Callback` also receives the detector's events, which a
 plain Keras callback cannot see. Where they sit among the built-in callbacks is listed in
-``detector.engine.build.make_callbacks``: after the evaluation, lr and metrics.csv
+``detector.engine.callbacks``: after the evaluation, lr and metrics.csv
 callbacks, so ``logs`` hold the epoch's ``lr`` and COCO numbers (NaN on epochs without an
 evaluation), and before the run state is saved. With ``eval.async`` their
 ``on_epoch_end`` is held back, as metrics.csv's is, until the epoch's AP is known (at the
