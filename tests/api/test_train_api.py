@@ -19,7 +19,7 @@ def test_a_run_from_python_and_its_ap_through_evaluate(tiny_spec, tmp_path):
     run_dir = tmp_path / "run"
     overrides = {
         **TINY,
-        "train.epochs": 2,
+        "train.epochs": 2,  # the second evaluated on its own: history has 2 APs
         "train.max_minutes": 0,
         "data.batch_size": 8,
         "train.run_dir": str(run_dir),

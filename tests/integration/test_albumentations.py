@@ -54,7 +54,7 @@ def test_data_check_plots_draw_the_stage(tmp_path):
     shares = {}
     for name, pipeline in (("plain", []), ("grey", [{"name": "ToGray", "p": 1.0}])):
         config = tmp_path / f"{name}.yaml"
-        quiet = {"hue": 0.0, "saturation": 1.0, "exposure": 1.0}
+        quiet = {"hue": 0.0, "saturation": 1.0, "exposure": 1.0, "mosaic": 0.0}  # one image each
         config.write_text(yaml.safe_dump({"data": {**quiet, "albumentations": pipeline}}))
         plots = tmp_path / name
         args = ["check", specs["voc"], "--plots", str(plots), "--config", str(config)]

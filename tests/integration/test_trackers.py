@@ -52,9 +52,9 @@ def test_mlflow_logs_the_config_every_epoch_and_the_results_and_resumes(
 
     run_dir = tmp_path / "exps" / "run"
     logged = ["train.loggers=[mlflow]", f"train.mlflow_uri={mlflow_store}", "eval.every=2"]
-    metrics = run(config(tiny_spec, run_dir, "train.epochs=2", *logged))
+    run(config(tiny_spec, run_dir, "train.epochs=2", *logged))
     again = load_config(run_dir / "config.yaml", ["train.epochs=3"])  # as --resume does
-    metrics = run(again, resume=True)
+    metrics = run(again, resume=True).best_metrics
     client = MlflowClient(tracking_uri=mlflow_store)
     experiment = client.get_experiment_by_name("exps")  # the run directory's parent
     (found,) = client.search_runs([experiment.experiment_id])
