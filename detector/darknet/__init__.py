@@ -6,6 +6,7 @@
 - ``weights``: the ``.weights`` binary format (reader, writer; both header versions).
 - ``transfer``: Keras conv/BN layers <-> darknet values; ``load_init_weights`` for training.
 - ``export``: whether a model is darknet-expressible; writing it.
+- ``pair``: errors about a cfg and the weights or checkpoint beside it name both files.
 - ``inference``: darknet's letterbox and region-layer output layout.
 
 See docs/darknet.md.

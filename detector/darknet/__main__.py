@@ -7,7 +7,8 @@
 `convert` builds the cfg's network, loads the darknet weights and saves a checkpoint that
 evaluate.py and training accept (class names from --names, one per line; category ids
 1..C). `export` writes a checkpoint's convs back as darknet weights (header 0.2.0).
-`layers` prints darknet's layer table with output sizes and BFLOPs.
+`layers` prints darknet's layer table with output sizes and BFLOPs. An error about a
+cfg and the file that goes with it (convert's WEIGHTS, export's CHECKPOINT) names both.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import os
 import sys
 
 from detector.darknet.cfg import format_table, layer_table, read_cfg
+from detector.darknet.pair import naming_both
 from detector.darknet.weights import read_header
 from detector.utils.atomic import atomic_save
 
@@ -37,10 +39,11 @@ def convert(args: argparse.Namespace) -> int:
     if not args.out.endswith(".keras"):
         raise ValueError(f"OUT must end in .keras, got {args.out}")
     names = read_names(args.names) if args.names else None
-    model = build_from_cfg(args.cfg, args.input_size, names, letterbox=not args.plain_resize)
-    count = load_darknet_weights(model, args.weights)
-    with open(args.weights, "rb") as f:
-        header = read_header(f.read(20), os.path.basename(args.weights))
+    with naming_both(cfg=args.cfg, weights=args.weights):
+        model = build_from_cfg(args.cfg, args.input_size, names, letterbox=not args.plain_resize)
+        count = load_darknet_weights(model, args.weights)
+        with open(args.weights, "rb") as f:
+            header = read_header(f.read(20), os.path.basename(args.weights))
     atomic_save(args.out, model.save, suffix=".keras")
     head = model.get_layer("yolo_head")
     print(

@@ -12,6 +12,7 @@ import math
 
 import keras
 
+from detector.darknet.pair import naming_both
 from detector.darknet.transfer import (
     cfg_conv_specs,
     conv_layers,
@@ -19,6 +20,7 @@ from detector.darknet.transfer import (
     model_conv_specs,
     save_darknet_weights,
 )
+from detector.darknet.weights import ConvSpec
 from detector.model.layers import SpaceToDepth, YoloHead
 
 
@@ -100,15 +102,19 @@ def export_weights(checkpoint: str, out: str, cfg: str | None = None) -> int:
     if problems:
         raise ValueError("the model has no darknet equivalent: " + "; ".join(problems))
     if cfg:
-        mine, theirs = model_conv_specs(model), cfg_conv_specs(cfg)
-        if mine != theirs:
-            k = next(
-                (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), len(mine)
-            )
-            raise ValueError(
-                f"the model's {len(mine)} convs do not match the cfg's "
-                f"{len(theirs)}; first difference at conv {k + 1}: model "
-                f"{mine[k] if k < len(mine) else '-'}, cfg "
-                f"{theirs[k] if k < len(theirs) else '-'}"
-            )
+        with naming_both(cfg=cfg, checkpoint=checkpoint):
+            _check_against_cfg(model_conv_specs(model), cfg_conv_specs(cfg))
     return save_darknet_weights(model, out)
+
+
+def _check_against_cfg(mine: list[ConvSpec], theirs: list[ConvSpec]) -> None:
+    """ValueError naming the first conv where a model's convs and a cfg's differ."""
+    if mine == theirs:
+        return
+    k = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), len(mine))
+    raise ValueError(
+        f"the model's {len(mine)} convs do not match the cfg's "
+        f"{len(theirs)}; first difference at conv {k + 1}: model "
+        f"{mine[k] if k < len(mine) else '-'}, cfg "
+        f"{theirs[k] if k < len(theirs) else '-'}"
+    )

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from detector.darknet.cfg import layer_table, read_cfg
+from detector.darknet.pair import naming_both
 from detector.darknet.weights import (
     FLOAT,
     ConvSpec,
@@ -146,20 +147,21 @@ def load_darknet_weights(
 
     Raises:
         ValueError: a size mismatch (see ``read_weights``), or a layer whose shape differs
-        between the cfg and the model.
+        between the cfg and the model; given a cfg, its errors and the file's name both.
     """
     targets = conv_layers(model)
-    specs = cfg_conv_specs(cfg) if cfg else model_conv_specs(model)
-    _, layers = read_weights(path, specs, allow_partial)
-    model_specs = model_conv_specs(model)
-    for k, layer in enumerate(layers, 1):
-        if k > len(targets) or layer.spec != model_specs[k - 1]:
-            raise ValueError(
-                f"{os.path.basename(path)}: conv {k} of the file is "
-                f"{layer.spec}, the model's is "
-                f"{model_specs[k - 1] if k <= len(targets) else 'missing'}"
-            )
-        set_conv_weights(*targets[k - 1], layer)
+    with naming_both(cfg=cfg, weights=path if cfg else None):
+        specs = cfg_conv_specs(cfg) if cfg else model_conv_specs(model)
+        _, layers = read_weights(path, specs, allow_partial)
+        model_specs = model_conv_specs(model)
+        for k, layer in enumerate(layers, 1):
+            if k > len(targets) or layer.spec != model_specs[k - 1]:
+                raise ValueError(
+                    f"{os.path.basename(path)}: conv {k} of the file is "
+                    f"{layer.spec}, the model's is "
+                    f"{model_specs[k - 1] if k <= len(targets) else 'missing'}"
+                )
+            set_conv_weights(*targets[k - 1], layer)
     return len(layers)
 
 
@@ -192,25 +194,34 @@ def load_init_weights(
 
     Raises:
         ValueError: missing file, a file that fits neither the cfg nor the model, or
-        nothing at all loaded.
+        nothing at all loaded; given a cfg, its errors and the file's name both.
     """
     if not os.path.isfile(path):
         raise ValueError(f"model.init_weights: file not found: {path}")
+    darknet = not path.endswith(".keras")
+    with naming_both(**({"cfg": cfg_path, "weights": path} if darknet and cfg_path else {})):
+        if darknet:
+            loaded = _load_matching_convs(model, path, cfg_path)
+        else:
+            loaded = _copy_matching(load_checkpoint(path), model)
+        if loaded == 0:
+            raise ValueError(f"model.init_weights: no layer of {path} fits the model")
+    return loaded, len(conv_layers(model))
+
+
+def _load_matching_convs(model: keras.Model, path: str, cfg_path: str | None) -> int:
+    """Loads conv k of the darknet file into ``conv_k`` where the shapes agree (see
+    `load_init_weights`); returns how many."""
     targets = conv_layers(model)
-    if path.endswith(".keras"):
-        loaded = _copy_matching(load_checkpoint(path), model)
-    else:
-        specs = cfg_conv_specs(cfg_path) if cfg_path else _file_specs(model, path)
-        _, layers = read_weights(path, specs, allow_partial=True)
-        loaded = 0
-        model_specs = model_conv_specs(model)
-        for k, layer in enumerate(layers[: len(targets)], 1):
-            if layer.spec == model_specs[k - 1]:
-                set_conv_weights(*targets[k - 1], layer)
-                loaded += 1
-    if loaded == 0:
-        raise ValueError(f"model.init_weights: no layer of {path} fits the model")
-    return loaded, len(targets)
+    specs = cfg_conv_specs(cfg_path) if cfg_path else _file_specs(model, path)
+    _, layers = read_weights(path, specs, allow_partial=True)
+    loaded = 0
+    model_specs = model_conv_specs(model)
+    for k, layer in enumerate(layers[: len(targets)], 1):
+        if layer.spec == model_specs[k - 1]:
+            set_conv_weights(*targets[k - 1], layer)
+            loaded += 1
+    return loaded
 
 
 def load_checkpoint(path: str) -> keras.Model:

@@ -1,4 +1,5 @@
-"""PNG plots of a dataset (``python -m detector.data check --plots DIR``)."""
+"""PNG plots of a dataset (``python -m detector.data check --plots DIR``): bare
+``matplotlib.figure.Figure``s (never pyplot), written atomically."""
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -7,6 +8,15 @@ from matplotlib.patches import Rectangle
 from detector.data.records import Dataset
 from detector.model.anchors import box_shapes, kmeans_anchors, mean_best_iou
 from detector.model.grid import STRIDE
+from detector.utils.atomic import atomic_save
+
+
+def _save(fig: Figure, path: str) -> str:
+    """Writes `fig` as a PNG at `path` under a temporary name, then renames it (a bare
+    Figure renders with Agg whatever the process's backend); returns `path`."""
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
+    return path
 
 
 def plot_class_histogram(datasets: dict[str, Dataset], path: str) -> str:
@@ -26,9 +36,7 @@ def plot_class_histogram(datasets: dict[str, Dataset], path: str) -> str:
     ax.set_ylabel("boxes")
     ax.set_title("boxes per class")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, path)
 
 
 def plot_box_shapes(dataset: Dataset, cfg, path: str) -> str:
@@ -65,9 +73,7 @@ def plot_box_shapes(dataset: Dataset, cfg, path: str) -> str:
     ax.set_ylabel("box height, px")
     ax.set_title("training box shapes")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, path)
 
 
 def plot_augmented(
@@ -114,6 +120,4 @@ def plot_augmented(
             label_box = {"facecolor": "lime", "pad": 0.5, "lw": 0}
             ax.text(x1, y1, dataset.names[c], color="black", fontsize=6, bbox=label_box)
     fig.suptitle("augmented training samples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, path)

@@ -8,15 +8,17 @@ usual checks: the problems are counted then and kept), and writes per split:
                                                 image file's own bytes (not re-encoded),
                                                 image_id, path, height, width, boxes,
                                                 classes, ignore regions
-    OUT_DIR/train.json                          the index: count, files, image ids,
-                                                names, category ids, problems
+    OUT_DIR/train.json                          the index: count, files and their sizes,
+                                                image ids, names, category ids, problems
     OUT_DIR/train_boxes.npy                     (K, 4) box w, h and image w, h of every
                                                 box, for k-means anchors (`box_table`)
     OUT_DIR/train_gt.json                       COCO ground truth of the kept images
     OUT_DIR/spec.yaml                           format: tfrecord, one entry per split
 
-Reading such a spec opens only the index (`load_packed`): the start-up cost no longer
-grows with the number of images. The records themselves are parsed only when something
+Reading such a spec opens only the index (`load_packed`, which also checks each shard's
+size against the index: a cut shard is refused by name): the start-up cost no longer
+grows with the number of images. A damaged record is an error naming its shard
+(`detector.data.shard_checks`). The records themselves are parsed only when something
 iterates over them (`PackedRecords`); training streams the files instead
 (`make_packed_stream`): shards interleaved in parallel, shuffled per pass from the seed.
 """
@@ -29,6 +31,7 @@ import numpy as np
 from detector.data.coco import ground_truth
 from detector.data.files import decode_image
 from detector.data.records import Dataset, Problems, Record, RecordList
+from detector.data.shard_checks import check_sizes, read_shard
 from detector.utils.atomic import atomic_path, atomic_write_text
 
 INDEX_VERSION = 1
@@ -126,6 +129,7 @@ def pack_split(dataset: Dataset, out_dir: str, split: str, shards: int) -> dict:
         "count": len(packed),
         "files": files,
         "file_counts": [len(part) for part in parts],
+        "file_bytes": [os.path.getsize(os.path.join(out_dir, name)) for name in files],
         "image_ids": packed.image_ids().tolist(),
         "names": list(dataset.names),
         "category_ids": [int(c) for c in dataset.category_ids],
@@ -174,15 +178,17 @@ class PackedRecords:
 
     def _all(self) -> list[Record]:
         if self._records is None:
-            import tensorflow as tf
-
-            ds = tf.data.TFRecordDataset(self.files).map(parse_example)
             records = []
-            for parsed in ds.as_numpy_iterator():
+            for parsed in self._parsed(parse_example):
                 parsed.pop("image")
                 records.append(record_of(parsed))
             self._records = records
         return self._records
+
+    def _parsed(self, parse):
+        """`parse` of every record, file by file (a damaged record names its shard)."""
+        for path in self.files:
+            yield from read_shard(path, parse)
 
     def __getitem__(self, i):
         return self._all()[i]
@@ -200,13 +206,10 @@ class PackedRecords:
     def read_images(self, indices) -> dict[int, np.ndarray]:
         """{i: decoded RGB image} for the record `indices`, in one pass over the shards
         (stops once all are found)."""
-        import tensorflow as tf
-
         wanted, found = set(int(i) for i in indices), {}
         if not wanted:
             return found
-        ds = tf.data.TFRecordDataset(self.files).map(lambda s: parse_example(s)["image"])
-        for i, data in enumerate(ds.as_numpy_iterator()):
+        for i, data in enumerate(self._parsed(lambda s: parse_example(s)["image"])):
             if i in wanted:
                 found[i] = decode_image(data, f"{self.folder}: packed image {i}")
                 if len(found) == len(wanted):
@@ -248,6 +251,7 @@ def load_packed(folder: str, split: str, spec_path: str) -> Dataset:
     missing = [p for p in records.files if not os.path.isfile(p)]
     if missing:
         raise ValueError(f"{index_path}: {len(missing)} shard file(s) missing, e.g. {missing[0]}")
+    check_sizes(records.files, index.get("file_bytes"), index_path)
     problems = Problems(index.get("problems", {}))
     problems.examples = index.get("problem_examples", {})
     return Dataset(

@@ -5,8 +5,9 @@ Once a run has its directory (``training.prepare_run``), `resumable` turns
 
 - Ctrl-C into `Interrupted` (a ``KeyboardInterrupt``) whose text says where the state is
   and how to continue;
-- a ``tf.errors.OpError`` (e.g. a truncated TFRecord shard: ``DataLossError``; a loader
-  failure inside ``tf.numpy_function``) into `RunFailed` naming the error;
+- a ``tf.errors.OpError`` (e.g. a damaged TFRecord shard: ``DataLossError``, the shard
+  then found and named by `detector.data.shard_checks.damaged_shard`; a loader failure
+  inside ``tf.numpy_function``) into `RunFailed` naming the error;
 - an ``OSError`` (disk full, read-only file system, permission) into `RunFailed` naming
   the file and the system's reason;
 
@@ -22,7 +23,7 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from detector.config.schema import Config, load_config
 from detector.engine.state import STATE_DIR, newest_pair
@@ -80,13 +81,18 @@ def describe_os_error(error: OSError) -> str:
 
 
 @contextlib.contextmanager
-def resumable(run_dir: str, data: str = "") -> Iterator[None]:
+def resumable(
+    run_dir: str, data: str = "", shards: Sequence[str] = (), counts: Sequence[int] | None = None
+) -> Iterator[None]:
     """Re-raises the block's Ctrl-C and outside faults with the way to continue (see the
     module docstring); everything else passes unchanged.
 
     Args:
         run_dir: str. The run directory (its state is named in the messages).
         data: str. The dataset spec, named when the input fails. Defaults to "".
+        shards: Sequence[str]. The training data's TFRecord shards, if packed: the one a
+            ``DataLossError`` came from is named. Defaults to ().
+        counts: Sequence[int] | None. Records per shard (the packed index). Defaults to None.
     """
     try:
         yield
@@ -107,7 +113,13 @@ def resumable(run_dir: str, data: str = "") -> Iterator[None]:
             if _from_input(error)
             else "TensorFlow failed"
         )
-        raise RunFailed(f"{what} ({describe_op_error(error)}); {continue_hint(run_dir)}") from None
+        detail = describe_op_error(error)
+        if shards and isinstance(error, tf.errors.DataLossError):
+            from detector.data.shard_checks import REPACK, damaged_shard
+
+            found = damaged_shard(shards, counts, str(getattr(error, "message", error)))
+            detail = f"{found}; {REPACK}" if found else detail
+        raise RunFailed(f"{what} ({detail}); {continue_hint(run_dir)}") from None
 
 
 def _from_input(error) -> bool:

@@ -213,7 +213,7 @@ def prepare_run(
         os.makedirs(run_dir, exist_ok=True)
         save_config(resolved, os.path.join(run_dir, "config.yaml"))
         truncate_csv(os.path.join(run_dir, "metrics.csv"), done)
-    locks.enter_context(resumable(run_dir, data=cfg.data.spec))
+    locks.enter_context(resumable(run_dir, data=cfg.data.spec, **_shards_of(train)))
     return RunPlan(
         config=resolved,
         run_dir=run_dir,
@@ -226,6 +226,14 @@ def prepare_run(
         **(best_so_far(run_dir, meta, resume) if cluster.is_chief else {}),
         spent=meta.get("seconds", 0.0) if meta else 0.0,
     )
+
+
+def _shards_of(train: Dataset) -> dict:
+    """The packed training shards and their record counts, for `resumable` to name the
+    damaged one; {} for a record list."""
+    if not train.records.packed:
+        return {}
+    return {"shards": train.records.files, "counts": train.records.index["file_counts"]}
 
 
 def new_run_dir(path: str, cluster: Cluster, locks: contextlib.ExitStack) -> str:

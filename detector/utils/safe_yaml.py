@@ -5,7 +5,8 @@ few hundred bytes loads fast, but its value expands to ~10^9 items for whatever 
 prints it (type checks, error messages). Here a file over `MAX_BYTES` is refused before
 it is read, and a document whose aliases would expand it beyond `MAX_NODES` nodes, or
 that refers to itself, is refused before any Python object is built. Errors are
-`ValueError`s naming the file; YAML syntax errors give the problem and its line, never
+`ValueError`s naming the file (and, for aliases, the key where the document goes over:
+``model.anchors[5]``); YAML syntax errors give the problem and its line, never
 the file's text (`yaml.MarkedYAMLError` quotes the offending line).
 """
 
@@ -30,7 +31,12 @@ def short(value: Any) -> str:
 
 
 class _Bounded(Exception):
-    """A document over the limits; `load_text` turns it into a ValueError."""
+    """A document over the limits at key path `where` ("" = the whole document);
+    `load_text` turns it into a ValueError."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(reason)
+        self.where = where
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -39,31 +45,58 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def compose_document(self):
         node = super().compose_document()
-        _expanded_size(node, {}, set())
+        _Sizer().size(node)
         return node
 
 
-def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
-    """Nodes in `node`'s tree once every alias is copied out (memoised by node, so each
-    distinct node is visited once); raises `_Bounded` past `MAX_NODES` or on a cycle."""
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in open_nodes:
-        raise _Bounded("an alias refers to a node that contains it")
-    open_nodes.add(key)
+class _Sizer:
+    """Counts the nodes of a node graph once every alias is copied out (memoised by node,
+    so each distinct node is visited once), keeping the key path it is at (``model.anchors
+    [5]``) so that `_Bounded` names where the document goes over."""
+
+    def __init__(self):
+        self.sizes: dict[int, int] = {}
+        self.open_nodes: set[int] = set()
+        self.path: list[str] = []
+
+    def size(self, node: yaml.Node) -> int:
+        key = id(node)
+        if key in self.sizes:
+            return self.sizes[key]
+        if key in self.open_nodes:
+            raise _Bounded(self.where(), "an alias refers to a node that contains it")
+        self.open_nodes.add(key)
+        total = 1 + sum(self.child(part, child) for part, child in _children(node))
+        self.open_nodes.discard(key)
+        if total > MAX_NODES:
+            raise _Bounded(self.where(), f"aliases expand it beyond {MAX_NODES} values")
+        self.sizes[key] = total
+        return total
+
+    def child(self, part: str, node: yaml.Node) -> int:
+        self.path.append(part)
+        total = self.size(node)
+        self.path.pop()
+        return total
+
+    def where(self) -> str:
+        """The key path, e.g. ``model.anchors[5]``; "" at the top of the document."""
+        return "".join(self.path).lstrip(".")
+
+
+def _children(node: yaml.Node) -> list[tuple[str, yaml.Node]]:
+    """(path part, child) of a sequence (``[i]``) or mapping (``.key`` for a value,
+    ``.key(key)`` for a key itself); none for a scalar."""
     if isinstance(node, yaml.SequenceNode):
-        children = node.value
-    elif isinstance(node, yaml.MappingNode):
-        children = [part for pair in node.value for part in pair]
-    else:
-        children = []
-    size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in children)
-    open_nodes.discard(key)
-    if size > MAX_NODES:
-        raise _Bounded(f"aliases expand it beyond {MAX_NODES} values")
-    sizes[key] = size
-    return size
+        return [(f"[{i}]", child) for i, child in enumerate(node.value)]
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    parts = []
+    for key, value in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+        name = name if len(name) <= 60 else name[:57] + "..."
+        parts += [(f".{name}(key)", key), (f".{name}", value)]
+    return parts
 
 
 def _syntax_error(error: yaml.YAMLError) -> str:
@@ -86,7 +119,8 @@ def load_text(text: str, where: str) -> Any:
     try:
         return yaml.load(text, Loader=_BoundedLoader)  # safe: a SafeLoader subclass
     except _Bounded as error:
-        raise ValueError(f"{where}: refused: {error}") from None
+        key = f"{error.where}: " if error.where else ""
+        raise ValueError(f"{where}: {key}refused: {error}") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{where}: not valid YAML: {_syntax_error(error)}") from None
     except RecursionError:

@@ -147,3 +147,70 @@ def test_weights_size_is_checked_before_the_body_is_read(tmp_path, monkeypatch):
     message = str(error.value)
     assert f"({8 * 2**30 - 20} bytes)" in message and f"need {floats} floats" in message
     assert read == [20]  # the header only
+
+
+# ---------------------------------------------------------------- a cfg and its weights
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A tiny cfg file and a .weights file written for it."""
+    cfg, weights = tmp_path / "tiny.cfg", tmp_path / "tiny.weights"
+    cfg.write_text(TINY_CFG)
+    write_weights(str(weights), random_layers(TINY_CFG))
+    return cfg, weights
+
+
+def one_error_line(capsys, argv: list[str]) -> str:
+    assert darknet_main([str(a) for a in argv]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    return line
+
+
+def test_convert_names_the_weights_beside_a_cfg_error(pair, tmp_path, capsys):
+    cfg, weights = pair
+    bad = tmp_path / "bad.cfg"
+    bad.write_text(TINY_CFG.replace("filters=16\nsize=3", "filters=0\nsize=3", 1))
+    line = one_error_line(capsys, ["convert", bad, weights, tmp_path / "x.keras"])
+    assert line.startswith("error: bad.cfg:") and "filters=0 is outside" in line
+    assert line.endswith(f"(cfg {bad}, weights {weights})")
+
+
+def test_convert_names_the_cfg_beside_a_weights_error(pair, tmp_path, capsys):
+    cfg, weights = pair
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size - 4)  # one float short
+    line = one_error_line(capsys, ["convert", cfg, weights, tmp_path / "x.keras"])
+    assert line.startswith("error: tiny.weights: after its 20-byte 0.2.0 header")
+    assert line.endswith(f"(cfg {cfg}, weights {weights})")
+    assert not (tmp_path / "x.keras").exists()
+
+
+def test_export_names_the_checkpoint_beside_a_cfg_mismatch(pair, tmp_path, capsys):
+    cfg, weights = pair
+    checkpoint = tmp_path / "tiny.keras"
+    assert darknet_main(["convert", str(cfg), str(weights), str(checkpoint)]) == 0
+    other = tmp_path / "other.cfg"
+    other.write_text(TINY_CFG.replace("filters=16\nsize=3", "filters=24\nsize=3", 1))
+    out = tmp_path / "o.weights"
+    line = one_error_line(capsys, ["export", checkpoint, out, "--cfg", other])
+    assert "convs do not match the cfg's" in line
+    assert line.endswith(f"(cfg {other}, checkpoint {checkpoint})") and not out.exists()
+
+
+def test_the_python_api_names_both_files_of_a_pair(pair, tmp_path):
+    from detector.darknet.transfer import load_darknet_weights, load_init_weights
+
+    cfg, weights = pair
+    bad = tmp_path / "bad.cfg"
+    bad.write_text(TINY_CFG.replace("stride=1", "stride=0", 1))
+    model = build_from_cfg(str(cfg))
+    for call in (load_init_weights, load_darknet_weights):
+        with pytest.raises(ValueError) as info:
+            call(model, str(weights), str(bad))
+        assert str(info.value).startswith("bad.cfg:") and "stride=0" in str(info.value)
+        assert str(info.value).endswith(f"(cfg {bad}, weights {weights})")
+    with pytest.raises(ValueError) as info:  # a cfg given as text is never quoted
+        load_init_weights(model, str(weights), TINY_CFG.replace("stride=1", "stride=0", 1))
+    assert str(info.value).startswith("cfg:") and str(info.value).endswith(f"(weights {weights})")
+    assert "[net]" not in str(info.value)

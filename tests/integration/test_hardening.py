@@ -180,38 +180,45 @@ def test_an_alias_bomb_config_is_refused(tmp_path, capsys):
     path.write_text(f"model:\n  anchors: {BOMB}\n")
     assert len(path.read_bytes()) < 400
     message = refused_quickly(lambda: load_config(str(path)))
-    assert message.startswith(f"{path}: refused: aliases expand it beyond")
+    # the file and the key where the bomb sits (its 6th list, the first over the cap)
+    assert message.startswith(f"{path}: model.anchors[5]: refused: aliases expand it beyond")
     assert train_main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and len(err) < 500
+    assert f"{path}: model.anchors[5]: refused" in err
 
 
 def test_an_alias_bomb_override_is_refused():
     message = refused_quickly(lambda: load_config(None, [f"model.anchors={BOMB}"]))
     assert message.startswith("override 'model.anchors=")
+    assert ": value: [5]: refused: aliases expand it beyond" in message
 
 
 @pytest.mark.parametrize(
-    "text",
+    "text, key",
     [
-        f"format: synthetic\nsynthetic: {{classes: {BOMB}}}\ntrain: {{images: i}}\n",
-        f"format: yolo\nnames: {BOMB}\ntrain: {{images: i, labels: l}}\n",
-        f"path: .\ntrain: .\nnames: {BOMB}\n",  # Ultralytics
+        (
+            f"format: synthetic\nsynthetic: {{classes: {BOMB}}}\ntrain: {{images: i}}\n",
+            "synthetic.classes[5]",
+        ),
+        (f"format: yolo\nnames: {BOMB}\ntrain: {{images: i, labels: l}}\n", "names[5]"),
+        (f"path: .\ntrain: .\nnames: {BOMB}\n", "names[5]"),  # Ultralytics
+        (f"format: coco\ndefs: {BOMB}\nnames: [*i, *i]\n", "defs[5]"),  # where it is built
+        (f"format: coco\n? {BOMB}\n: 1\n", "?(key)[5]"),  # a bomb as a mapping key
     ],
 )
-def test_an_alias_bomb_spec_is_refused(tmp_path, text):
+def test_an_alias_bomb_spec_is_refused_naming_the_key(tmp_path, text, key):
     path = tmp_path / "spec.yaml"
     path.write_text(text)
     message = refused_quickly(lambda: load_spec(str(path)))
-    assert message.startswith(f"{path}: refused: aliases expand it beyond")
+    assert message.startswith(f"{path}: {key}: refused: aliases expand it beyond")
 
 
 def test_a_recursive_alias_is_refused(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("format: coco\nnames: &n [a, *n]\n")
-    assert "an alias refers to a node that contains it" in refused_quickly(
-        lambda: load_spec(str(path))
-    )
+    message = refused_quickly(lambda: load_spec(str(path)))
+    assert message == f"{path}: names[1]: refused: an alias refers to a node that contains it"
 
 
 def test_files_over_the_size_cap_are_refused_unread(tmp_path):

@@ -127,11 +127,12 @@ def test_six_loader_failures_in_a_row_all_end(tiny_spec, tmp_path):
         _loader_failure_ends(tiny_spec, tmp_path / f"run{attempt}")
 
 
-@pytest.mark.slow
-def test_a_truncated_tfrecord_shard_is_one_error_line(tiny_spec, tmp_path):
+def _packed_with_a_damaged_shard(spec: Path, tmp_path: Path, damage) -> tuple[Path, Path]:
+    """`spec` packed under tmp_path/packed, its last train shard passed to `damage`;
+    returns (the packed spec, the shard)."""
     packed = tmp_path / "packed"
     pack = subprocess.run(
-        [sys.executable, "-m", "detector.data", "pack", str(tiny_spec), str(packed)],
+        [sys.executable, "-m", "detector.data", "pack", str(spec), str(packed)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -139,13 +140,36 @@ def test_a_truncated_tfrecord_shard_is_one_error_line(tiny_spec, tmp_path):
     )
     assert pack.returncode == 0, pack.stderr[-2000:]
     shard = sorted(packed.glob("train-*.tfrecord"))[-1]
-    os.truncate(shard, shard.stat().st_size // 2)
+    damage(shard)
+    return packed / "spec.yaml", shard
+
+
+@pytest.mark.slow
+def test_a_truncated_tfrecord_shard_is_refused_by_name_before_the_run(tiny_spec, tmp_path):
+    cut = lambda shard: os.truncate(shard, shard.stat().st_size // 2)  # noqa: E731
+    spec, shard = _packed_with_a_damaged_shard(tiny_spec, tmp_path, cut)
     run_dir = tmp_path / "run"
-    code, _, err = finish(start(new_run(packed / "spec.yaml", run_dir, 2), runner=False), 120)
+    code, _, err = finish(start(new_run(spec, run_dir, 2), runner=False), 120)
     assert code == 2, err[-3000:]
     (line,) = error_lines(err)
-    assert "DataLossError" in line and "truncated record" in line
-    assert str(packed / "spec.yaml") in line and f"--resume {run_dir}" in line
+    assert line.startswith(f"error: {shard}: TFRecord shard truncated")
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_corrupted_tfrecord_shard_during_training_is_named(tiny_spec, tmp_path):
+    def flip(shard):  # a byte of the first record's data: the size and framing stay
+        data = bytearray(shard.read_bytes())
+        data[12 + 100] ^= 0xFF
+        shard.write_bytes(bytes(data))
+
+    spec, shard = _packed_with_a_damaged_shard(tiny_spec, tmp_path, flip)
+    run_dir = tmp_path / "run"
+    code, _, err = finish(start(new_run(spec, run_dir, 2), runner=False), 120)
+    assert code == 2, err[-3000:]
+    (line,) = error_lines(err)
+    assert f"the training data ({spec}) could not be read ({shard}: damaged TFRecord" in line
+    assert "corrupted record at 12" in line and line.endswith(f"--resume {run_dir}")
 
 
 # --- item 5: Ctrl-C wherever it lands --------------------------------------------------

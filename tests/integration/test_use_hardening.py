@@ -196,6 +196,39 @@ def test_data_tools_into_a_read_only_folder(tiny_spec, tmp_path, capsys, monkeyp
     assert ".0123" not in line
 
 
+def test_data_check_plots_are_written_atomically(tiny_spec, tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from detector.cli.data import main as data_main
+
+    plots = tmp_path / "plots"
+    assert data_main(["check", str(tiny_spec), "--plots", str(plots)]) == 0
+    before = {p.name: p.read_bytes() for p in plots.iterdir()}
+    assert sorted(before) == ["augmented.png", "box_shapes.png", "classes.png"]
+    capsys.readouterr()
+
+    def disk_full(fig, target, **kwargs):  # half a PNG, then the disk is full
+        with open(target, "wb") as f:
+            f.write(before["classes.png"][:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target)
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    line = one_error(capsys, data_main, ["check", tiny_spec, "--plots", plots], "No space")
+    assert line.endswith(f"writing {plots / 'classes.png'} (free some space)")
+    # the previous pictures whole, no temporary left beside them
+    assert {p.name: p.read_bytes() for p in plots.iterdir()} == before
+
+
+def test_data_check_plots_into_a_read_only_folder(tiny_spec, tmp_path, capsys, monkeypatch):
+    from detector.cli.data import main as data_main
+
+    refuse_writes(monkeypatch, "classes.png")
+    plots = tmp_path / "plots"
+    line = one_error(capsys, data_main, ["check", tiny_spec, "--plots", plots], "Read-only")
+    assert line.endswith(f"writing {plots / 'classes.png'} (make the file system writable)")
+    assert not list(plots.iterdir())
+
+
 # --- one run per output folder; every label its own file ---------------------------------
 
 
