@@ -81,7 +81,7 @@ def measure(cfg, quick: bool = False, jpegs: str | None = None) -> dict:
     out["train_flops_per_image"] = 3 * step.conv_flops(inference, cfg.model.input_size)
     out.update(evaluation.eval_figures(cfg, inference, val, rounds))
     epoch_steps = 5 if quick else plan.steps
-    epochs = 2 if quick else 3
+    epochs = 2  # evaluated epochs kept (rounds), after two warm-up ones
     out.update(evaluation.callback_figures(cfg, inference, model, dataset, val, epoch_steps,
                                            epochs))  # fmt: skip
     records, out["jpegs"] = pipeline.real_jpegs(jpegs, train.records)
