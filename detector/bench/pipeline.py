@@ -1,77 +1,80 @@
-"""The input pipeline's CPU cost, for `detector.bench.core`: on the config's data alone (images/s
-and CPU time per image, beside the train step's CPU time per image: on a machine without
-an accelerator both share the cores, which bounds ``pipeline_ratio``); and on real JPEGs:
-``pipeline_ms_per_image`` (CPU time per training example), the plain JPEG decode of the
-same files (the floor) and the throughput with one and with two parallel calls
-(``pipeline_scaling``); with ``data.albumentations`` set, the stage's own cost per image
-(`albumentations_cost`)."""
+"""The input pipeline's CPU cost on real JPEGs, for `detector.bench.core`: the training
+pipeline the config builds (its `TrainInput`, with the real images' records and the
+number of loading threads swapped in) against the plain JPEG decode of the same files
+(``pipeline_vs_decode``, CPU time per training example ÷ per decoded file) and with two
+parallel calls against one (``pipeline_scaling``), all three in alternating rounds; with
+``data.albumentations`` set, the stage's own cost per image (`albumentations_cost`)."""
 
+import dataclasses
 import math
 import os
 import time
 
 import numpy as np
 
-# real JPEGs of varied sizes for the input pipeline's figures (else the config's train split)
+from detector.bench.rounds import alternate, figure
+from detector.bench.step import iterate_job
+
+# real JPEGs of varied sizes, when the shared data sits beside the repository (else the
+# config's train split; --jpegs names another spec)
 COCO128 = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "coco128",
-    "dataset.yaml",
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data",
+    "coco128", "dataset.yaml",
 )  # fmt: skip
 
 
-def pipeline_alone(pipeline, batch: int, batches: int) -> dict:
-    """The training `pipeline` alone in its steady state, `batches` batches of `batch`:
-    images/s and process CPU milliseconds per image (every thread of the process)."""
-    it = iter(pipeline)
-    next(it)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(batches):
-        next(it)
-    wall, cpu, images = time.perf_counter() - wall, time.process_time() - cpu, batches * batch
-    return {"pipeline_ips": images / wall, "pipeline_cpu_ms": 1000 * cpu / images}
+def real_jpegs(spec: str | None, fallback):
+    """(the records of `spec`'s train split, its name), or of COCO128 when it exists, or
+    (`fallback`, "the config's train split")."""
+    from detector.data.spec import load_dataset
+
+    path = spec or (COCO128 if os.path.exists(COCO128) else None)
+    if path is None:
+        return fallback, "the config's train split"
+    return load_dataset(path, "train").records, os.path.basename(os.path.dirname(path))
 
 
-def pipeline_cpu_timings(cfg, fallback, quick: bool) -> dict:
-    """The training pipeline on real JPEGs (coco128 at 416 px when present, else
-    `fallback` records at the config's size): CPU time per image with one parallel call,
-    the plain decode of the same files, throughput with one and two parallel calls."""
+def pipeline_cpu_figures(spec, records, quick: bool, rounds: int) -> dict:
+    """``pipeline_vs_decode`` and ``pipeline_scaling`` (with their sides): the config's
+    training pipeline `spec` on `records` with one and with two loading threads, and
+    ``cv2.imdecode`` of the files of its first examples, alternated. The decoded-image
+    cache (``data.cache_mb``) is as configured: filled in the warm-up round when the
+    images fit, as in a run after its first epoch."""
     import cv2
 
-    from detector.data.pipeline import TrainInput, make_train_dataset
-    from detector.data.spec import load_dataset
-    from detector.engine.build import make_augmenter
+    from detector.data.pipeline import make_train_dataset
 
-    records, size = fallback, cfg.model.input_size
-    if os.path.exists(COCO128):
-        records, size = load_dataset(COCO128, "train").records, 416
-    anchors = [[1.0, 1.0], [3.0, 3.0], [6.0, 6.0], [9.0, 9.0], [12.0, 12.0]]
-    # enough batches that the prefetch buffer (a batch or two) is a small part of them
-    batch, batches = 8, 16 if quick else 48
-    out = {}
-    for calls in (1, 2):
-        spec = TrainInput(
-            records, size, anchors, batch, cfg.data.max_boxes,
-            lambda: make_augmenter(cfg.data), parallel_calls=calls,
-        )  # fmt: skip
-        it = iter(make_train_dataset(spec))
-        next(it)  # start-up; the batches prefetched while timing are counted (conservative)
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(batches):
-            next(it)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        out[f"pipeline_ips_{calls}_call" + ("s" if calls > 1 else "")] = batch * batches / wall
-        if calls == 1:
-            out["pipeline_ms_per_image"] = 1000 * cpu / (batch * batches)
-        del it
-    data = []
+    batch, batches = spec.batch_size, 8 if quick else 24
+    one, two = (
+        make_train_dataset(dataclasses.replace(spec, records=records, parallel_calls=calls))
+        for calls in (1, 2)
+    )
+    files = []
     for record in list(records)[: batch * batches]:
         with open(record.path, "rb") as f:
-            data.append(np.frombuffer(f.read(), np.uint8))
-    cpu = time.process_time()
-    for d in data:  # cv2's threads are 1 here: the pipeline set them
-        cv2.imdecode(d, cv2.IMREAD_COLOR)
-    out["decode_ms_per_image"] = 1000 * (time.process_time() - cpu) / len(data)
-    out.update(albumentations_cost(cfg, records, size, quick))
+            files.append(np.frombuffer(f.read(), np.uint8))
+
+    def decode() -> dict:
+        cpu = time.process_time()
+        for data in files:  # cv2's threads are 1 here: the pipeline set them
+            cv2.imdecode(data, cv2.IMREAD_COLOR)
+        return {"decode_cpu_s": (time.process_time() - cpu) / len(files)}
+
+    jobs = {
+        "one": iterate_job(one, batches, batch, "pipeline_1_s"),
+        "decode": decode,
+        "two": iterate_job(two, batches, batch, "pipeline_2_s"),
+    }
+    r = alternate(jobs, rounds)
+    out = {
+        "pipeline_ms_per_image": 1000 * min(r["pipeline_1_s_cpu"]),
+        "decode_ms_per_image": 1000 * min(r["decode_cpu_s"]),
+        "pipeline_ips_1_call": 1 / min(r["pipeline_1_s"]),
+        "pipeline_ips_2_calls": 1 / min(r["pipeline_2_s"]),
+    }
+    ratio = lambda a, b: a / b  # noqa: E731
+    out.update(figure("pipeline_vs_decode", r, ratio, "pipeline_1_s_cpu", "decode_cpu_s"))
+    out.update(figure("pipeline_scaling", r, ratio, "pipeline_1_s", "pipeline_2_s"))
     return out
 
 

@@ -39,8 +39,11 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
     import keras
     import tensorflow as tf
 
-    from detector.bench.core import _interleaved_step_times, _train_model
+    from detector.bench.rounds import alternate, figure
+    from detector.bench.step import fit_job
+    from detector.engine.build import make_training_model
     from detector.engine.devices import resolve_precision
+    from detector.model.network import build_inference_model
 
     precision = resolve_precision(cfg.train.precision)[0]
     cfg = copy.deepcopy(cfg)  # the resolved precision, for every model built here
@@ -59,14 +62,19 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
 
     def model_under(strategy):
         with strategy.scope():
-            return _train_model(
-                cfg, anchors, classes, cfg.model.variant, cfg.model.width, cfg.data.max_boxes
-            )[1]
+            m = cfg.model
+            inference = build_inference_model(classes, anchors, m.variant, m.width, size)
+            return make_training_model(cfg, inference, cfg.train.lr)
 
     one = model_under(tf.distribute.get_strategy())
     two = model_under(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     ds = tf.data.Dataset.from_tensors(data).repeat()
-    seconds = [wall for wall, _ in _interleaved_step_times([(one, ds), (two, ds)], steps, rounds)]
+    jobs = {
+        "one": fit_job(one, ds, steps, batch, "one"),
+        "two": fit_job(two, ds, steps, batch, "two"),
+    }
+    r = alternate(jobs, rounds)
+    ratio = figure("mirrored_overhead_ratio", r, lambda a, b: b / a, "one", "two")
     return {
         "config": {
             "variant": cfg.model.variant,
@@ -75,20 +83,23 @@ def mirrored_overhead(cfg, steps: int = 20, rounds: int = 3) -> dict:
             "global_batch": batch,
             "precision": precision,
         },
-        "step_seconds_one_device": seconds[0],
-        "step_seconds_mirrored_2": seconds[1],
-        "mirrored_overhead_ratio": seconds[1] / seconds[0],
+        "step_seconds_one_device": batch * min(r["one"]),
+        "step_seconds_mirrored_2": batch * min(r["two"]),
+        **ratio,
     }
 
 
-def write_tiny_coco(root: str, count: int, seed: int = 0) -> str:
-    """`count` 32 px JPEGs with 1-3 boxes each, as a COCO spec (train = val); returns it."""
+def write_tiny_coco(
+    root: str, count: int, seed: int = 0, size: int = 32, classes: int = 4, boxes=(1, 3)
+) -> str:
+    """`count` identical `size`-px JPEGs with boxes[0]..boxes[1] random boxes each of
+    `classes` categories, as a COCO spec (train = val); returns the spec's path."""
     import cv2
 
     rng = np.random.default_rng(seed)
     images_dir = os.path.join(root, "images")
     os.makedirs(images_dir, exist_ok=True)
-    base = np.full((32, 32, 3), 40, np.uint8)
+    base = np.full((size, size, 3), 40, np.uint8)
     ok, jpeg = cv2.imencode(".jpg", base)
     images, annotations = [], []
     for i in range(count):
@@ -97,15 +108,15 @@ def write_tiny_coco(root: str, count: int, seed: int = 0) -> str:
         if not os.path.exists(path):
             with open(path, "wb") as f:
                 f.write(jpeg.tobytes())
-        images.append({"id": i + 1, "file_name": name, "width": 32, "height": 32})
-        for _ in range(int(rng.integers(1, 4))):
-            x, y = rng.uniform(0, 20, 2)
-            w, h = rng.uniform(4, 12, 2)
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+        for _ in range(int(rng.integers(boxes[0], boxes[1] + 1))):
+            w, h = rng.uniform(size / 8, size * 3 / 8, 2)
+            x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": i + 1,
-                    "category_id": int(rng.integers(1, 5)),
+                    "category_id": int(rng.integers(1, classes + 1)),
                     "iscrowd": 0,
                     "bbox": [x, y, w, h],
                     "area": w * h,
@@ -114,7 +125,7 @@ def write_tiny_coco(root: str, count: int, seed: int = 0) -> str:
     coco = {
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": c, "name": f"c{c}"} for c in range(1, 5)],
+        "categories": [{"id": c, "name": f"c{c}"} for c in range(1, classes + 1)],
     }
     with open(os.path.join(root, "instances.json"), "w") as f:
         json.dump(coco, f)

@@ -57,12 +57,8 @@ def run(cfg: Config, resume: bool = False, callbacks=()) -> RunResult:
     """
     start = time.monotonic()
     cluster = make_cluster(cfg.train.distribute, cfg.train.devices)  # before any TF work
-    t = cfg.train
-    precision, jit, line = run_settings(t.precision, t.jit_compile, cluster.num_replicas)
+    cfg, line = resolve_devices(cfg, cluster.num_replicas)
     print(line)
-    cfg = dataclasses.replace(
-        cfg, train=dataclasses.replace(t, precision=precision, jit_compile=jit)
-    )
     policy = keras.mixed_precision.global_policy()
     try:
         with contextlib.ExitStack() as locks:  # the run directory's lock, held to the end
@@ -70,6 +66,16 @@ def run(cfg: Config, resume: bool = False, callbacks=()) -> RunResult:
     finally:
         keras.mixed_precision.set_global_policy(policy)
         cluster.cleanup()
+
+
+def resolve_devices(cfg: Config, num_replicas: int) -> tuple[Config, str]:
+    """(`cfg` with ``train.precision`` and ``train.jit_compile`` resolved for this process,
+    the line a run prints first): `detector.engine.devices.run_settings`."""
+    t = cfg.train
+    precision, jit, line = run_settings(t.precision, t.jit_compile, num_replicas)
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(t, precision=precision, jit_compile=jit)
+    ), line
 
 
 def _run(
@@ -177,11 +183,7 @@ def prepare_run(
     (`faults.resumable`). Before anything is written, a resume refuses damaged state
     (`state.resume_point`) and a changed architecture (`faults.check_architecture`)."""
     d, t = cfg.data, cfg.train
-    steps = len(train.records) // d.batch_size
-    if steps == 0:
-        raise ValueError(
-            f"data.batch_size: {d.batch_size} exceeds the {len(train.records)} training images"
-        )
+    steps = steps_per_epoch(cfg, train)
     if d.batch_size % cluster.num_replicas:
         raise ValueError(
             f"data.batch_size: {d.batch_size} (the global batch) does not split "
@@ -201,13 +203,7 @@ def prepare_run(
     else:
         run_dir = new_run_dir(t.run_dir, cluster, locks)
         anchors = build.choose_anchors(cfg.model, train, seed=t.seed, letterbox=d.letterbox)
-    resolved = dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, anchors=anchors, num_anchors=len(anchors)),
-        data=_without_mosaic_if_packed(d, train),
-        loss=dataclasses.replace(cfg.loss, class_weights=class_weights),
-        train=dataclasses.replace(t, run_dir=run_dir),
-    )
+    resolved = resolve_for_data(cfg, train, anchors, run_dir, class_weights)
     done = meta["epoch"] if meta else 0
     if cluster.is_chief:
         os.makedirs(run_dir, exist_ok=True)
@@ -234,6 +230,43 @@ def _shards_of(train: Dataset) -> dict:
     if not train.records.packed:
         return {}
     return {"shards": train.records.files, "counts": train.records.index["file_counts"]}
+
+
+def steps_per_epoch(cfg: Config, train: Dataset) -> int:
+    """Training steps per epoch (full batches); ValueError when there is none."""
+    steps = len(train.records) // cfg.data.batch_size
+    if steps == 0:
+        raise ValueError(
+            f"data.batch_size: {cfg.data.batch_size} exceeds the {len(train.records)} "
+            "training images"
+        )
+    return steps
+
+
+def resolve_for_data(
+    cfg: Config, train: Dataset, anchors: list, run_dir: str, class_weights
+) -> Config:
+    """The config a run records and builds from: its anchors, class weights and run
+    directory filled in, and what the training data allows (`_without_mosaic_if_packed`)."""
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, anchors=anchors, num_anchors=len(anchors)),
+        data=_without_mosaic_if_packed(cfg.data, train),
+        loss=dataclasses.replace(cfg.loss, class_weights=class_weights),
+        train=dataclasses.replace(cfg.train, run_dir=run_dir),
+    )
+
+
+def dry_plan(cfg: Config, train: Dataset) -> RunPlan:
+    """The plan of a new single-process run of `cfg` (devices resolved: `resolve_devices`)
+    on `train`, deciding what `prepare_run` decides about the data (anchors, steps, the
+    resolved config) but writing nothing and claiming no run directory: for measuring
+    what a run builds (`detector.bench`)."""
+    steps, t = steps_per_epoch(cfg, train), cfg.train
+    anchors = build.choose_anchors(cfg.model, train, seed=t.seed, letterbox=cfg.data.letterbox)
+    weights = choose_class_weights(cfg.loss, train)
+    resolved = resolve_for_data(cfg, train, anchors, t.run_dir, weights)
+    return RunPlan(resolved, t.run_dir, t.run_dir, anchors, steps, lr=t.lr)
 
 
 def new_run_dir(path: str, cluster: Cluster, locks: contextlib.ExitStack) -> str:
