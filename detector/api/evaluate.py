@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from detector.config.schema import load_config
-from detector.utils.errors import ConfigError
+from detector.utils.errors import ConfigError, config_errors
 
 
 @dataclass
@@ -109,9 +109,9 @@ def evaluate(
     if isinstance(sizes, list | tuple):
         sizes = ",".join(str(size) for size in sizes)
     args = SimpleNamespace(**{k: v for k, v in locals().items() if k != "json"}, json=json)
-    from detector.utils.atomic import check_writable, describe_os_error
+    from detector.utils.atomic import check_writable
 
-    try:
+    with config_errors():
         if json:  # before the evaluation, not after it
             check_writable("--json", json)
         report = evaluate_command(args)
@@ -119,12 +119,6 @@ def evaluate(
             from detector.evaluation.coco import write_json
 
             write_json(report.as_dict(), json)
-    except ConfigError:
-        raise
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
-    except OSError as error:  # a path the system refuses
-        raise ConfigError(describe_os_error(error)) from error
     return report
 
 

@@ -27,7 +27,8 @@ def bench_train_input(cfg, train):
     """(the config with devices resolved as a run resolves them, its `RunPlan`, the
     `TrainInput` ``train.py`` builds for it on `train`), nothing written."""
     from detector.engine.build import make_train_input
-    from detector.engine.run import dry_plan, resolve_devices
+    from detector.engine.resolve import dry_plan
+    from detector.engine.run import resolve_devices
 
     cfg, line = resolve_devices(cfg, 1)
     print(line)

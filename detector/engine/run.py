@@ -11,7 +11,7 @@ import zlib
 import keras
 import yaml
 
-from detector.config.schema import Config, DataConfig, EvalConfig, config_to_dict, save_config
+from detector.config.schema import Config, EvalConfig, config_to_dict, save_config
 from detector.data.coco import ground_truth
 from detector.data.image_checks import MAX_PIXELS
 from detector.data.records import Dataset
@@ -25,6 +25,7 @@ from detector.engine.devices import check_precision, run_settings
 from detector.engine.distribute import Cluster, ClusterError, make_cluster, make_datasets
 from detector.engine.faults import check_architecture, resumable
 from detector.engine.plan import RunPlan
+from detector.engine.resolve import resolve_for_data, steps_per_epoch
 from detector.engine.state import resume_point, truncate_csv
 from detector.evaluation.validate import validate
 from detector.utils.runlock import LOCK_NAME, claim_run_dir, clean_temporaries, run_lock
@@ -232,43 +233,6 @@ def _shards_of(train: Dataset) -> dict:
     return {"shards": train.records.files, "counts": train.records.index["file_counts"]}
 
 
-def steps_per_epoch(cfg: Config, train: Dataset) -> int:
-    """Training steps per epoch (full batches); ValueError when there is none."""
-    steps = len(train.records) // cfg.data.batch_size
-    if steps == 0:
-        raise ValueError(
-            f"data.batch_size: {cfg.data.batch_size} exceeds the {len(train.records)} "
-            "training images"
-        )
-    return steps
-
-
-def resolve_for_data(
-    cfg: Config, train: Dataset, anchors: list, run_dir: str, class_weights
-) -> Config:
-    """The config a run records and builds from: its anchors, class weights and run
-    directory filled in, and what the training data allows (`_without_mosaic_if_packed`)."""
-    return dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, anchors=anchors, num_anchors=len(anchors)),
-        data=_without_mosaic_if_packed(cfg.data, train),
-        loss=dataclasses.replace(cfg.loss, class_weights=class_weights),
-        train=dataclasses.replace(cfg.train, run_dir=run_dir),
-    )
-
-
-def dry_plan(cfg: Config, train: Dataset) -> RunPlan:
-    """The plan of a new single-process run of `cfg` (devices resolved: `resolve_devices`)
-    on `train`, deciding what `prepare_run` decides about the data (anchors, steps, the
-    resolved config) but writing nothing and claiming no run directory: for measuring
-    what a run builds (`detector.bench`)."""
-    steps, t = steps_per_epoch(cfg, train), cfg.train
-    anchors = build.choose_anchors(cfg.model, train, seed=t.seed, letterbox=cfg.data.letterbox)
-    weights = choose_class_weights(cfg.loss, train)
-    resolved = resolve_for_data(cfg, train, anchors, t.run_dir, weights)
-    return RunPlan(resolved, t.run_dir, t.run_dir, anchors, steps, lr=t.lr)
-
-
 def new_run_dir(path: str, cluster: Cluster, locks: contextlib.ExitStack) -> str:
     """A fresh run directory, locked by the chief until `locks` closes: `path`, or a free
     ``-N`` variant of it (`detector.utils.runlock.claim_run_dir`, race-free). Every worker of a
@@ -321,19 +285,6 @@ def announce(plan: RunPlan, cluster: Cluster, num_train: int, num_val: int) -> N
             f"distribute: {cluster.kind}, {n} replicas on {cluster.num_workers} worker(s); "
             f"global batch {batch} = {n} x {batch // n}; lr {plan.lr:g}"
         )
-
-
-def _without_mosaic_if_packed(data: DataConfig, train: Dataset) -> DataConfig:
-    """`data`, or with mosaic and mixup off (printed; config.yaml records it) when the
-    training records are packed shards, which give one example at a time."""
-    if not train.records.packed or not (data.mosaic or data.mixup):
-        return data
-    print(
-        f"data.mosaic / data.mixup ({data.mosaic:g} / {data.mixup:g}): not available with "
-        "packed records; this run trains without them (train from the dataset spec's "
-        "record list to use them)"
-    )
-    return dataclasses.replace(data, mosaic=0.0, mixup=0.0)
 
 
 def _check_workers_agree(cluster: Cluster, cfg: Config, images: int, done: int, run_dir: str):

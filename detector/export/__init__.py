@@ -329,17 +329,10 @@ class _CallableModule(types.ModuleType):
     ``python -m detector.export`` and every import of the subpackage stay as they are."""
 
     def __call__(self, checkpoint: str, format: str, **kwargs) -> str:
-        from detector.utils.atomic import describe_os_error
-        from detector.utils.errors import ConfigError
+        from detector.utils.errors import config_errors
 
-        try:
+        with config_errors():
             return export(checkpoint, format, **kwargs)
-        except ConfigError:
-            raise
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
-        except OSError as error:  # a path the system refuses
-            raise ConfigError(describe_os_error(error)) from error
 
 
 sys.modules[__name__].__class__ = _CallableModule

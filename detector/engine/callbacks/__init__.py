@@ -18,6 +18,8 @@ uses them in (below), which ``detector.engine.build.make_callbacks`` builds.
 - trackers.py: `Tracker`, the experiment trackers' common part (``train.loggers``),
   `require` (their packages); mlflow_logger.py: `MlflowLogger`; wandb_logger.py:
   `WandbLogger`.
+- group.py: `Group`, a callback passing every hook on to those it holds (the base of
+  `ChiefOnly` and `LateLogs`).
 - distribute.py: `ChiefOnly`, `SyncStop` (multi-worker).
 - state.py: `RunState` (the resume state, saved last at every epoch end).
 

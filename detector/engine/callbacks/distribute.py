@@ -4,8 +4,10 @@ cluster itself is `detector.engine.distribute.Cluster`."""
 
 import keras
 
+from detector.engine.callbacks.group import Group
 
-class ChiefOnly(keras.callbacks.Callback):
+
+class ChiefOnly(Group):
     """Multi-worker: the callbacks only the chief runs (evaluation, checkpoints, CSV, the
     user's callbacks).
 
@@ -16,19 +18,8 @@ class ChiefOnly(keras.callbacks.Callback):
     """
 
     def __init__(self, callbacks):
-        super().__init__()
-        self.callbacks = list(callbacks)
+        super().__init__(callbacks)
         self.error: Exception | None = None
-
-    def set_model(self, model):
-        super().set_model(model)
-        for callback in self.callbacks:
-            callback.set_model(model)
-
-    def set_params(self, params):
-        super().set_params(params)
-        for callback in self.callbacks:
-            callback.set_params(params)
 
     def _each(self, hook: str, *args) -> None:
         if self.error is not None:
@@ -39,24 +30,6 @@ class ChiefOnly(keras.callbacks.Callback):
             except Exception as error:  # noqa: BLE001 (kept, raised after fit)
                 self.error = error
                 return
-
-    def on_train_begin(self, logs=None):
-        self._each("on_train_begin", logs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._each("on_epoch_begin", epoch, logs)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._each("on_train_batch_begin", batch, logs)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._each("on_train_batch_end", batch, logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._each("on_epoch_end", epoch, logs)
-
-    def on_train_end(self, logs=None):
-        self._each("on_train_end", logs)
 
 
 class SyncStop(keras.callbacks.Callback):

@@ -8,6 +8,8 @@ import os
 
 import keras
 
+from detector.engine.callbacks.group import Group
+
 
 class MetricsCSV(keras.callbacks.Callback):
     """Appends one row per epoch to a CSV with fixed columns (1-based ``epoch`` first).
@@ -40,7 +42,7 @@ class MetricsCSV(keras.callbacks.Callback):
             plot_curves(self.path, self.plot_path)
 
 
-class LateLogs(keras.callbacks.Callback):
+class LateLogs(Group):
     """The epoch loggers of an ``eval.async`` run (metrics.csv, TensorBoard): every hook
     reaches them at once except ``on_epoch_end``, which reaches them in epoch order once
     `best` knows the epoch's COCO numbers, merged into that epoch's logs. So a row always
@@ -53,34 +55,9 @@ class LateLogs(keras.callbacks.Callback):
     """
 
     def __init__(self, best, callbacks: list | None = None):
-        super().__init__()
+        super().__init__(callbacks)
         self.best = best
-        self.callbacks = list(callbacks or [])
         self.queue: list[tuple[int, dict]] = []
-
-    def _each(self, hook: str, *args) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(*args)
-
-    def set_model(self, model):
-        super().set_model(model)
-        self._each("set_model", model)
-
-    def set_params(self, params):
-        super().set_params(params)
-        self._each("set_params", params)
-
-    def on_train_begin(self, logs=None):
-        self._each("on_train_begin", logs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._each("on_epoch_begin", epoch, logs)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._each("on_train_batch_begin", batch, logs)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._each("on_train_batch_end", batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         self.queue.append((epoch, dict(logs or {})))
