@@ -17,9 +17,8 @@ import argparse
 import json
 import os
 import resource
-import sys
 
-from detector.bench.rounds import TARGETS, verdict
+from detector.bench.rounds import TARGETS, load_or_say, verdict
 from detector.config.schema import DEFAULT_CONFIG
 
 
@@ -148,12 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--jpegs", help="dataset spec of real JPEGs for the pipeline figures")
     args = parser.parse_args(argv)
-    from detector.config.schema import load_config
-
-    try:
-        cfg = load_config(args.config, args.set)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    cfg = load_or_say(args.config, args.set)
+    if cfg is None:
         return 2
     results = measure(cfg, quick=args.quick, jpegs=args.jpegs)
     print(format_table(results))

@@ -27,14 +27,13 @@ import dataclasses
 import json
 import os
 import resource
-import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
 
-from detector.bench.rounds import alternate, figure
+from detector.bench.rounds import alternate, figure, load_or_say
 from detector.config.schema import DEFAULT_CONFIG
 
 # YOLOv2 at 416, batch 64, bf16 on one H100 SXM: 88 GFLOPs per image per step against
@@ -287,12 +286,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jpegs", help="dataset spec of real JPEGs for the pipeline figure")
     parser.add_argument("--dir", help="where the generated data goes (default: a temporary one)")
     args = parser.parse_args(argv)
-    from detector.config.schema import load_config
-
-    try:
-        cfg = load_config(args.config, args.set)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    cfg = load_or_say(args.config, args.set)
+    if cfg is None:
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-growth-") as scratch:
         results = measure(cfg, args.dir or scratch, args.quick, args.jpegs)

@@ -86,3 +86,17 @@ def verdict(name: str, value: float, spread: float) -> tuple[str, float]:
     if spread > abs(margin):
         return "within noise", margin
     return ("met" if margin >= 0 else "missed"), margin
+
+
+def load_or_say(config: str, overrides: list[str]):
+    """The benchmarks' config (`load_config`), or None after one ``error:`` line naming
+    the bad key or file (the command then exits 2)."""
+    import sys
+
+    from detector.config.schema import load_config
+
+    try:
+        return load_config(config, overrides)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
