@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from detector.bench.core import conv_flops
+from detector.bench.step import conv_flops
 from detector.config.schema import PUBLISHED_ANCHORS, LossConfig
 from detector.darknet.build import build_from_cfg
 from detector.darknet.cfg import format_table, layer_table, read_cfg, region_loss_config

@@ -74,19 +74,6 @@ def test_the_model_casts_uint8_batches_itself():
     np.testing.assert_array_equal(as_uint8, model(pixels.astype(np.float32)))
 
 
-def test_bench_pipeline_ratios():
-    from detector.bench.core import TARGETS, ratios
-
-    t = {"train_flops_per_image": 1.0, "step_ips": 1.0, "matmul_gflops": 1.0, "fit_ips": 1.0}
-    t |= {"pipeline_ips": 1.0, "step_seconds_yolo": 1.0, "step_seconds_mse": 1.0}
-    t |= {"eval_ips": 1.0, "forward_ips": 1.0, "eval_seconds_per_epoch": 1.0, "epoch_seconds": 1.0}
-    t |= {"pipeline_ms_per_image": 3.0, "decode_ms_per_image": 2.0}
-    r = ratios(t | {"pipeline_ips_1_call": 100.0, "pipeline_ips_2_calls": 190.0})
-    assert r["pipeline_vs_decode"] == pytest.approx(1.5)
-    assert r["pipeline_scaling"] == pytest.approx(1.9)
-    assert TARGETS["pipeline_vs_decode"] == ("<=", 2.0) and TARGETS["pipeline_scaling"][1] == 1.8
-
-
 @pytest.mark.parametrize(
     ("close", "minutes", "until"),
     [(2, 0, 8 * 5 * 4), (2, 30, 8 * 5 * 4), (0.25, 0, round(7.5 * 5) * 4), (0.25, 30, None)],
