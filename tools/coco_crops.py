@@ -1,5 +1,5 @@
 """A single-class, large-object, real-photo dataset cut from a COCO json: the held-out-like
-check the README's "Status" reports (coco128's persons).
+check docs/results.md reports (coco128's persons).
 
     python tools/coco_crops.py ../shared/data/coco128/annotations/instances.json \
         ../shared/data/coco128/images OUT [--category person] [--seed 0]

@@ -1,4 +1,4 @@
-"""tools/coco_crops.py: the held-out-like single-class set the README's status reports."""
+"""tools/coco_crops.py: the held-out-like single-class set docs/results.md reports."""
 
 import os
 import sys
@@ -29,7 +29,7 @@ def test_coco128_persons_give_the_reported_split_read_without_problems(tmp_path)
     args = [os.path.join(COCO128, "annotations", "instances.json"), os.path.join(COCO128, "images")]
     assert coco_crops.main([*args, str(tmp_path)]) == 0
     train, test = (load_dataset(str(tmp_path / "spec.yaml"), s) for s in ("train", "test"))
-    assert (len(train.records), len(test.records)) == (130, 47)  # the README's figures
+    assert (len(train.records), len(test.records)) == (130, 47)  # docs/results.md's figures
     assert train.names == ["person"] and not train.problems and not test.problems
     photo = lambda r: os.path.basename(r.path).rsplit("_", 1)[0]  # noqa: E731
     assert not {photo(r) for r in train.records} & {photo(r) for r in test.records}
